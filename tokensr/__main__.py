@@ -1,0 +1,5 @@
+import sys
+
+from tokensr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,195 @@
+"""VQGAN tokenizer: encoder -> quantizer -> decoder (taming-transformers layout).
+
+Images are in [-1, 1] inside the network; ``encode_image``/``decode_to_image`` take and
+return [0, 1]. The token grid is ``H / f`` by ``W / f`` with ``f = 2 ** (len(ch_mult) - 1)``.
+
+The decoder is written as explicit stages (``conv_in``, ``mid``, ``up[i]``, ``norm_out``,
+``conv_out``) so methods that inject features into it (UGTSR's multi-scale fusion,
+RealSRT's conditional controlling module) can walk the same stages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokensr.nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
+from tokensr.nn.quantizer import QuantizerOutput, VectorQuantizer
+from tokensr.pretrained import PretrainedMixin
+
+
+@dataclass
+class VQGANConfig:
+    in_channels: int = 3
+    ch: int = 128  # base channels
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2)  # one level per entry; f = 2 ** (levels - 1)
+    num_res_blocks: int = 2  # encoder blocks per level (decoder uses one more)
+    attn_levels: tuple[int, ...] = ()  # levels (0 = full resolution) with self-attention
+    mid_attention: bool = True  # self-attention in the bottleneck
+    code_dim: int = 256
+    codebook_size: int = 512
+    beta: float = 0.25
+    ema: bool = True
+    ema_decay: float = 0.99
+    dropout: float = 0.0
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+# Named presets. `paper` follows RealSRT's public tokenizer; `small` is sized for CPU training.
+PRESETS: dict[str, VQGANConfig] = {
+    "paper": VQGANConfig(ch=128, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_levels=(3,),
+                         code_dim=256, codebook_size=512),
+    "small": VQGANConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_levels=(),
+                         mid_attention=False, code_dim=64, codebook_size=1024),
+}
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VQGANConfig) -> None:
+        super().__init__()
+        chs = [cfg.ch * m for m in cfg.ch_mult]
+        self.conv_in = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        c_in = chs[0]
+        for level, c_out in enumerate(chs):
+            stage = nn.Module()
+            stage.blocks = nn.ModuleList()
+            stage.attn = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                stage.blocks.append(ResnetBlock(c_in, c_out, cfg.dropout))
+                stage.attn.append(AttnBlock(c_out) if level in cfg.attn_levels else nn.Identity())
+                c_in = c_out
+            stage.downsample = Downsample(c_out) if level < len(chs) - 1 else nn.Identity()
+            self.down.append(stage)
+        self.mid = nn.Sequential(
+            ResnetBlock(c_in, c_in, cfg.dropout),
+            AttnBlock(c_in) if cfg.mid_attention else nn.Identity(),
+            ResnetBlock(c_in, c_in, cfg.dropout),
+        )
+        self.norm_out = group_norm(c_in)
+        self.conv_out = nn.Conv2d(c_in, cfg.code_dim, 3, padding=1)
+        self.out_channels = c_in
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Bottleneck features before the output projection, ``[B, ch*ch_mult[-1], H/f, W/f]``."""
+        h = self.conv_in(x)
+        for stage in self.down:
+            for block, attn in zip(stage.blocks, stage.attn):
+                h = attn(block(h))
+            h = stage.downsample(h)
+        return self.mid(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(F.silu(self.norm_out(self.features(x))))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VQGANConfig) -> None:
+        super().__init__()
+        chs = [cfg.ch * m for m in cfg.ch_mult]
+        c = chs[-1]
+        self.conv_in = nn.Conv2d(cfg.code_dim, c, 3, padding=1)
+        self.mid = nn.Sequential(
+            ResnetBlock(c, c, cfg.dropout),
+            AttnBlock(c) if cfg.mid_attention else nn.Identity(),
+            ResnetBlock(c, c, cfg.dropout),
+        )
+        # up[0] works at the lowest resolution, up[-1] at full resolution.
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(chs))):
+            stage = nn.Module()
+            stage.blocks = nn.ModuleList()
+            stage.attn = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks + 1):
+                stage.blocks.append(ResnetBlock(c, chs[level], cfg.dropout))
+                stage.attn.append(AttnBlock(chs[level]) if level in cfg.attn_levels else nn.Identity())
+                c = chs[level]
+            stage.upsample = Upsample(c) if level > 0 else nn.Identity()
+            self.up.append(stage)
+        self.norm_out = group_norm(c)
+        self.conv_out = nn.Conv2d(c, cfg.in_channels, 3, padding=1)
+
+    def run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        stage = self.up[i]
+        for block, attn in zip(stage.blocks, stage.attn):
+            h = attn(block(h))
+        return stage.upsample(h)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for i in range(len(self.up)):
+            h = self.run_stage(i, h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+@dataclass
+class VQGANOutput:
+    recon: torch.Tensor  # [-1, 1]
+    quant: QuantizerOutput
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class VQGAN(nn.Module, PretrainedMixin):
+    config_class: ClassVar[type] = VQGANConfig
+    model_type: ClassVar[str] = "vqgan"
+
+    def __init__(self, config: VQGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quant_conv = nn.Conv2d(config.code_dim, config.code_dim, 1)
+        self.quantizer = VectorQuantizer(
+            config.codebook_size, config.code_dim, beta=config.beta, ema=config.ema, decay=config.ema_decay
+        )
+        self.post_quant_conv = nn.Conv2d(config.code_dim, config.code_dim, 1)
+        self.decoder = Decoder(config)
+
+    @property
+    def factor(self) -> int:
+        return self.config.factor
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """Weight of the final decoder conv, for the adaptive GAN weight."""
+        return self.decoder.conv_out.weight
+
+    def encode(self, x: torch.Tensor) -> QuantizerOutput:
+        """Quantize an image in [-1, 1]; returns codes, indices and the VQ loss."""
+        return self.quantizer(self.quant_conv(self.encoder(x)))
+
+    def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-quantization latents ``[B, code_dim, H/f, W/f]`` for an image in [-1, 1]."""
+        return self.quant_conv(self.encoder(x))
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z_q))
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decode a token map ``[B, h, w]`` to an image in [-1, 1]."""
+        return self.decode(self.quantizer.lookup(indices))
+
+    def forward(self, x: torch.Tensor) -> VQGANOutput:
+        q = self.encode(x)
+        return VQGANOutput(self.decode(q.z_q), q)
+
+    # --- [0, 1] image helpers -------------------------------------------------------------
+    @torch.no_grad()
+    def tokenize(self, img01: torch.Tensor) -> torch.Tensor:
+        """Token indices ``[B, H/f, W/f]`` of an image in [0, 1] (H, W multiples of f)."""
+        return self.encode(img01 * 2 - 1).indices
+
+    @torch.no_grad()
+    def reconstruct(self, img01: torch.Tensor) -> torch.Tensor:
+        """Encode-quantize-decode an image in [0, 1], padding to a multiple of f."""
+        h, w = img01.shape[-2:]
+        f = self.factor
+        ph, pw = (-h) % f, (-w) % f
+        x = F.pad(img01 * 2 - 1, (0, pw, 0, ph), mode="replicate") if ph or pw else img01 * 2 - 1
+        out = self(x).recon[..., :h, :w]
+        return ((out + 1) / 2).clamp(0, 1)
