@@ -1,0 +1,152 @@
+"""Tiled inference: same result as one pass for local methods, no seams, padding, batching."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokensr.errors import OptionError
+from tokensr.inference.tiling import blend_ramp, tile_starts, upscale_tiled
+from tokensr.methods.bicubic import Bicubic, build
+
+
+class Recording:
+    """Nearest-neighbour x``scale`` that records the shape of every batch it is called with."""
+
+    name = "recording"
+
+    def __init__(self, scale: int = 2, pad_multiple: int | None = None, bias: bool = False) -> None:
+        self.scale = scale
+        self.calls: list[tuple[int, ...]] = []
+        if pad_multiple is not None:
+            self.pad_multiple = pad_multiple
+        self.bias = bias
+
+    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(lr.shape))
+        m = getattr(self, "pad_multiple", 1)
+        assert lr.shape[-1] % m == 0 and lr.shape[-2] % m == 0, "input not padded to pad_multiple"
+        out = F.interpolate(lr, scale_factor=self.scale, mode="nearest")
+        if self.bias:  # offsets 0, 0.2, 0, 0.2, ... per tile: a worst case for seams
+            out = out + 0.2 * (len(self.calls) % 2)
+        return out
+
+
+def test_bicubic_factory_and_shape() -> None:
+    method = build(scale=3, weights=None, device="cpu", steps=8, alpha=0.5)  # unknown options ignored
+    out = method(torch.rand(2, 3, 5, 7))
+    assert out.shape == (2, 3, 15, 21) and out.min() >= 0 and out.max() <= 1
+    with pytest.raises(OptionError):
+        build(scale=0, weights=None, device="cpu")
+    with pytest.raises(OptionError):
+        build(scale=4, weights="some/folder", device="cpu")
+
+
+@pytest.mark.parametrize(("tile", "overlap", "batch"), [(16, 7, 1), (24, 12, 3), (20, 9, 2)])
+def test_tiled_bicubic_equals_one_pass(tile: int, overlap: int, batch: int) -> None:
+    torch.manual_seed(0)
+    lr = torch.rand(1, 3, 37, 53)  # noise: the hardest content for seams
+    method = Bicubic(scale=4)
+    full = upscale_tiled(method, lr, tile=None)
+    tiled = upscale_tiled(method, lr, tile=tile, overlap=overlap, batch=batch, quiet=True)
+    assert tiled.shape == full.shape == (1, 3, 148, 212)
+    # The blend window gives no weight to pixels within overlap/4 (here >= 1.75 LR px) of a cut
+    # edge, which covers bicubic's reach (under 2 px), so the results agree everywhere.
+    assert torch.allclose(tiled, full, atol=1e-5)
+
+
+def test_tiled_bicubic_small_overlap_close_to_one_pass() -> None:
+    torch.manual_seed(1)
+    lr = F.interpolate(torch.rand(1, 3, 12, 14), size=(40, 44), mode="bilinear")  # smooth-ish content
+    method = Bicubic(scale=4)
+    full = upscale_tiled(method, lr, tile=None)
+    tiled = upscale_tiled(method, lr, tile=16, overlap=4, quiet=True)  # margin of only 1 LR px
+    diff = (tiled - full).abs()
+    assert diff.mean() < 1e-4 and diff.max() < 5e-3  # without overlap: max ~0.09
+
+
+def test_blending_has_no_seams() -> None:
+    lr = torch.full((1, 3, 40, 40), 0.5)
+    smooth = Recording(scale=2, bias=True)
+    out = upscale_tiled(smooth, lr, tile=16, overlap=8, batch=1, quiet=True)
+    assert len(smooth.calls) > 4
+    dx = (out[..., 1:] - out[..., :-1]).abs().max().item()
+    dy = (out[..., 1:, :] - out[..., :-1, :]).abs().max().item()
+    step = max(dx, dy)
+    # A 0.2 offset between neighbouring tiles is spread over the cosine part of the overlap
+    # (8 LR px at x2 = 16 HR px, half of it ramping): slope <= 0.2 * pi / 2 / 8 ~ 0.04.
+    assert step < 0.06
+    # Without overlap the same offsets show as hard steps: the check above can fail.
+    hard = upscale_tiled(Recording(scale=2, bias=True), lr, tile=16, overlap=0, quiet=True)
+    hard_step = (hard[..., 1:] - hard[..., :-1]).abs().max().item()
+    assert hard_step > 0.19
+
+
+def test_constant_image_stays_constant() -> None:
+    lr = torch.full((1, 3, 29, 31), 0.25)
+    out = upscale_tiled(Recording(scale=3), lr, tile=12, overlap=8, quiet=True)
+    assert torch.allclose(out, torch.full_like(out, 0.25), atol=1e-6)
+
+
+def test_single_pass_when_no_tile_or_small_image() -> None:
+    lr = torch.rand(1, 3, 10, 12)
+    for tile in (None, 12, 64):
+        m = Recording()
+        out = upscale_tiled(m, lr, tile=tile)
+        assert m.calls == [(1, 3, 10, 12)] and out.shape == (1, 3, 20, 24)
+
+
+def test_batches_bound_the_work_per_call() -> None:
+    lr = torch.rand(1, 3, 50, 50)
+    m = Recording()
+    upscale_tiled(m, lr, tile=16, overlap=4, batch=3, quiet=True)
+    n_tiles = len(tile_starts(50, 16, 4)) ** 2
+    assert len(m.calls) == math.ceil(n_tiles / 3)
+    assert all(c[0] <= 3 and c[2:] == (16, 16) for c in m.calls)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 5), (5, 3), (13, 21)])
+def test_pad_multiple_for_tiny_and_odd_images(size: tuple[int, int]) -> None:
+    h, w = size
+    lr = torch.rand(1, 3, h, w)
+    m = Recording(scale=2, pad_multiple=8)
+    out = upscale_tiled(m, lr, tile=None)
+    assert out.shape == (1, 3, 2 * h, 2 * w)
+    # nearest upsampling of the (padded) input, cropped: the original pixels come back
+    assert torch.allclose(out[..., ::2, ::2], lr)
+    tiled = upscale_tiled(Recording(scale=2, pad_multiple=8), lr, tile=10, overlap=2, quiet=True)
+    assert torch.allclose(tiled, out, atol=1e-6)
+
+
+def test_tile_starts_cover_with_overlap() -> None:
+    for size in range(1, 80):
+        for tile, overlap in ((8, 2), (16, 4), (20, 5)):
+            starts = tile_starts(size, tile, overlap)
+            t = min(tile, size)
+            assert starts[0] == 0 and starts[-1] + t == size
+            for a, b in zip(starts, starts[1:], strict=False):
+                assert a < b and a + t - b >= overlap
+
+
+def test_blend_ramp_shape() -> None:
+    ramp = blend_ramp(32)
+    assert ramp[:8].eq(0).all() and ramp[-8:].gt(0.99).all()
+    assert (ramp[1:] >= ramp[:-1]).all()
+    assert blend_ramp(0).numel() == 0
+
+
+def test_wrong_output_shape_and_bad_options() -> None:
+    class Broken:
+        name, scale = "broken", 2
+
+        def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+            return lr
+
+    with pytest.raises(RuntimeError, match="broken"):
+        upscale_tiled(Broken(), torch.rand(1, 3, 8, 8))
+    with pytest.raises(OptionError):
+        upscale_tiled(Bicubic(2), torch.rand(1, 3, 8, 8), tile=4)
+    with pytest.raises(OptionError):
+        upscale_tiled(Bicubic(2), torch.rand(1, 3, 8, 8), tile=16, batch=0)

@@ -1,0 +1,50 @@
+"""Image files in and out: `read_image` -> `LoadedImage` -> `write_image`.
+
+See `tokensr.io.read` and `tokensr.io.write` for the rules (formats, bit depth, alpha, ICC,
+EXIF orientation, pixel limit, atomic and non-clobbering writes).
+"""
+from __future__ import annotations
+
+from tokensr.io.loaded import LoadedImage, float_to_uint, uint_to_float
+from tokensr.io.read import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS_ENV,
+    decode_image,
+    default_max_pixels,
+    from_pil,
+    is_image_name,
+    read_image,
+)
+from tokensr.io.write import (
+    OUTPUT_FORMATS,
+    ImageWriteError,
+    check_output_path,
+    encode_image,
+    output_format,
+    same_path,
+    to_pil,
+    write_image,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS_ENV",
+    "OUTPUT_FORMATS",
+    "ImageWriteError",
+    "LoadedImage",
+    "check_output_path",
+    "decode_image",
+    "default_max_pixels",
+    "encode_image",
+    "float_to_uint",
+    "from_pil",
+    "is_image_name",
+    "output_format",
+    "read_image",
+    "same_path",
+    "to_pil",
+    "uint_to_float",
+    "write_image",
+]
