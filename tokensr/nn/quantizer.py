@@ -83,6 +83,11 @@ class VectorQuantizer(nn.Module):
         return self.embedding(indices).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        # Distances and codebook sums must be exact: never run them under bf16/fp16 autocast.
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor) -> QuantizerOutput:
         b, c, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, c)
         if self.training and self.ema and not bool(self.initialized):

@@ -1,0 +1,120 @@
+"""The VQGAN tokenizer: shapes (square and not), straight-through gradients, save/load, and
+the training task's model building (presets, overrides, init_from)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tokensr.errors import OptionError
+from tokensr.nn.vqgan import PRESETS, VQGAN, VQGANConfig
+from tokensr.train.tasks.vqgan import VQGANTask, model_config
+
+TINY = VQGANConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, mid_attention=False, code_dim=8, codebook_size=16)
+TINY_F4_ATTN = VQGANConfig(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(2,), mid_attention=True,
+                           code_dim=4, codebook_size=8, ema=False)
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_F4_ATTN], ids=["f2", "f4-attn-legacy"])
+@pytest.mark.parametrize("size", [(32, 32), (24, 40)], ids=["square", "wide"])
+def test_shapes(cfg: VQGANConfig, size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = VQGAN(cfg).train()
+    h, w = size
+    f = cfg.factor
+    x = torch.rand(2, 3, h, w) * 2 - 1
+    out = model(x)
+    assert out.recon.shape == x.shape
+    assert out.quant.indices.shape == (2, h // f, w // f)
+    assert out.quant.z_q.shape == (2, cfg.code_dim, h // f, w // f)
+    assert model.encode_continuous(x).shape == (2, cfg.code_dim, h // f, w // f)
+    assert model.decode_indices(out.quant.indices).shape == x.shape
+    assert model.last_layer is model.decoder.conv_out.weight
+    model.eval()
+    assert model.tokenize((x + 1) / 2).shape == (2, h // f, w // f)
+
+
+def test_reconstruct_pads_sizes_that_are_not_multiples_of_f() -> None:
+    torch.manual_seed(0)
+    model = VQGAN(TINY_F4_ATTN).eval()
+    img = torch.rand(1, 3, 13, 21)
+    rec = model.reconstruct(img)
+    assert rec.shape == img.shape
+    assert rec.min() >= 0 and rec.max() <= 1
+
+
+def test_preset_factors() -> None:
+    assert PRESETS["paper"].factor == 8 and PRESETS["paper"].codebook_size == 512
+    assert PRESETS["small"].factor == 4
+
+
+def test_straight_through_gradient_reaches_encoder() -> None:
+    torch.manual_seed(0)
+    model = VQGAN(TINY).train()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = model.encode_continuous(x)
+    z.retain_grad()
+    q = model.quantizer(z)
+    q.z_q.retain_grad()
+    rec = model.decode(q.z_q)
+    (rec - x).abs().mean().backward()  # reconstruction only: no commitment term
+    # the decoder's gradient at the codes passes unchanged to the encoder output
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert torch.equal(z.grad, q.z_q.grad)
+    assert model.encoder.conv_in.weight.grad is not None
+    assert model.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert model.quant_conv.weight.grad.abs().sum() > 0
+    assert model.quantizer.embedding.weight.grad is None  # EMA codebook
+
+
+def test_save_and_load_roundtrip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = VQGAN(TINY).train()
+    model(torch.rand(2, 3, 16, 16) * 2 - 1)  # initialise the EMA codebook
+    model.eval()
+    model.save_pretrained(tmp_path / "vq")
+    loaded = VQGAN.from_pretrained(tmp_path / "vq")
+    assert loaded.config == model.config
+    x = torch.rand(1, 3, 16, 24)
+    assert torch.equal(loaded.reconstruct(x), model.reconstruct(x))
+
+
+def test_model_config_from_preset_and_overrides() -> None:
+    cfg = model_config({"preset": "small", "ch": 16, "ch_mult": [1, 2]})
+    assert cfg.ch == 16 and cfg.ch_mult == (1, 2) and cfg.codebook_size == PRESETS["small"].codebook_size
+    with pytest.raises(OptionError, match="codebook_sise"):
+        model_config({"codebook_sise": 3})
+    with pytest.raises(OptionError, match="preset"):
+        model_config({"preset": "huge"})
+
+
+def test_task_init_from_loads_strictly(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    src = VQGAN(TINY).train()
+    src(torch.rand(2, 3, 16, 16) * 2 - 1)
+    src.save_pretrained(tmp_path / "boot")
+    task = VQGANTask({"init_from": str(tmp_path / "boot"), "losses": {"gan": 0}}, torch.device("cpu"))
+    own = task.model.state_dict()
+    for k, v in src.state_dict().items():
+        assert torch.equal(own[k], v), k
+    assert set(task.modules()) == {"vqgan"}  # no discriminator with gan: 0
+    # a model section that disagrees with the folder is refused
+    with pytest.raises(OptionError, match="codebook_size"):
+        VQGANTask({"init_from": str(tmp_path / "boot"), "model": {"preset": "small", "ch": 8, "ch_mult": [1, 2],
+                   "num_res_blocks": 1, "mid_attention": False, "code_dim": 8, "codebook_size": 32}}, "cpu")
+    # a weight file missing a tensor fails (strict), it is not silently half-loaded
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "boot" / "model.safetensors"))
+    state.pop("decoder.conv_out.weight")
+    save_file(state, str(tmp_path / "boot" / "model.safetensors"))
+    with pytest.raises(OptionError, match="conv_out"):
+        VQGANTask({"init_from": str(tmp_path / "boot")}, "cpu")
+
+
+def test_task_rejects_unknown_keys() -> None:
+    with pytest.raises(OptionError, match="lossses"):
+        VQGANTask({"model": {"preset": "small"}, "lossses": {}}, "cpu")
+    with pytest.raises(OptionError, match="disc_strat"):
+        VQGANTask({"model": {"preset": "small"}, "losses": {"disc_strat": 3}}, "cpu")

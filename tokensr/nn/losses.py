@@ -1,0 +1,271 @@
+"""Training losses shared by the tokenizer and the SR methods.
+
+- pixel losses (L1 / L2) with optional per-sample weights;
+- SSIM / MS-SSIM (Gaussian window 11, sigma 1.5; the five-scale weights of Wang et al. 2003,
+  with fewer scales on small crops);
+- a VGG19 perceptual loss (L1 between feature maps, the usual SR layer choice) that loads a
+  local torchvision weight file (:mod:`tokensr.nn.vgg`);
+- hinge GAN losses and taming-transformers' adaptive GAN weight;
+- the vector-quantisation codebook/commitment loss.
+
+Per-sample losses return ``[B]`` so callers can weight samples (the datasets down-weight
+flat crops); reduce with :func:`weighted_mean`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokensr.errors import OptionError
+from tokensr.nn.vgg import VGG19Features, find_vgg19
+
+log = logging.getLogger(__name__)
+
+#: MS-SSIM weights of the five scales, finest first (Wang, Simoncelli & Bovik, 2003)
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+# --- reductions and pixel losses ------------------------------------------------------------
+def weighted_mean(per_sample: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``[B]`` values, weighted by ``weight [B]`` when given."""
+    if weight is None:
+        return per_sample.mean()
+    w = weight.to(per_sample.dtype).reshape(per_sample.shape)
+    return (per_sample * w).sum() / w.sum().clamp_min(1e-8)
+
+
+def l1_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean absolute error, ``[B]``."""
+    return (x - y).abs().flatten(1).mean(1)
+
+
+def l2_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error, ``[B]``."""
+    return (x - y).pow(2).flatten(1).mean(1)
+
+
+# --- SSIM / MS-SSIM ---------------------------------------------------------------------------
+def _gaussian_kernel(size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter per channel, 'valid' borders."""
+    c = x.shape[1]
+    k = kernel.numel()
+    x = F.conv2d(x, kernel.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+
+
+def _ssim_terms(
+    x: torch.Tensor, y: torch.Tensor, data_range: float, win: int, sigma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean SSIM and mean contrast-structure term, each ``[B]``."""
+    kernel = _gaussian_kernel(win, sigma, x.device)
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    mu_x, mu_y = _blur(x, kernel), _blur(y, kernel)
+    sxx = _blur(x * x, kernel) - mu_x**2
+    syy = _blur(y * y, kernel) - mu_y**2
+    sxy = _blur(x * y, kernel) - mu_x * mu_y
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    lum = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+    return (lum * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Single-scale SSIM per sample, ``[B]`` (window shrinks to fit images under ``win`` px)."""
+    win = min(win, _largest_odd(min(x.shape[-2:])))
+    return _ssim_terms(x.float(), y.float(), data_range, win, sigma)[0]
+
+
+def _largest_odd(n: int) -> int:
+    return n if n % 2 else max(1, n - 1)
+
+
+def ms_ssim_levels(size: int, win: int = 11, max_levels: int = len(MS_SSIM_WEIGHTS)) -> int:
+    """Number of scales used for images whose shorter side is ``size``: as many of the five
+    as keep the coarsest scale at least one window wide (128-px crops use 4)."""
+    levels = 1
+    while levels < max_levels and size // 2**levels >= win:
+        levels += 1
+    return levels
+
+
+def ms_ssim(
+    x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win: int = 11, sigma: float = 1.5,
+    weights: Sequence[float] = MS_SSIM_WEIGHTS,
+) -> torch.Tensor:
+    """Multi-scale SSIM per sample, ``[B]``, in [0, 1] (1 = identical).
+
+    Small images use fewer scales (:func:`ms_ssim_levels`) with the first weights
+    renormalised to sum to one. Negative contrast terms are clamped to a small positive
+    value so the fractional powers stay differentiable.
+    """
+    x, y = x.float(), y.float()
+    size = min(x.shape[-2:])
+    win = min(win, _largest_odd(size))
+    levels = ms_ssim_levels(size, win, len(weights))
+    w = torch.tensor(weights[:levels], dtype=torch.float32, device=x.device)
+    w = w / w.sum()
+    result = torch.ones(x.shape[0], device=x.device)
+    for i in range(levels):
+        s, cs = _ssim_terms(x, y, data_range, win, sigma)
+        if i < levels - 1:
+            result = result * cs.clamp_min(1e-6) ** w[i]
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+        else:
+            result = result * s.clamp_min(1e-6) ** w[i]
+    return result
+
+
+class MSSSIMLoss(nn.Module):
+    """``1 - MS-SSIM`` per sample; images in ``input_range`` (default [-1, 1])."""
+
+    def __init__(self, input_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+        super().__init__()
+        self.input_range = (float(input_range[0]), float(input_range[1]))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.input_range
+        return 1.0 - ms_ssim((x - lo) / (hi - lo), (y - lo) / (hi - lo), data_range=1.0)
+
+
+# --- perceptual -------------------------------------------------------------------------------
+class PerceptualLoss(nn.Module):
+    """Weighted L1 (or L2) distance between VGG19 feature maps, per sample ``[B]``.
+
+    Defaults follow the common SR choice: conv1_2, conv2_2, conv3_4, conv4_4, conv5_4 (before
+    the ReLU) weighted 0.1, 0.1, 1, 1, 1. ``weights`` is the torchvision VGG19 file; None finds
+    it with :func:`tokensr.nn.vgg.find_vgg19` and is an error when there is none (random VGG
+    features make a meaningless loss). The target's features are computed without gradient.
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike[str] | None = None,
+        layers: Sequence[str] = ("conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"),
+        layer_weights: Sequence[float] = (0.1, 0.1, 1.0, 1.0, 1.0),
+        criterion: str = "l1",
+        input_range: tuple[float, float] = (-1.0, 1.0),
+        _allow_random: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(layers) != len(layer_weights):
+            raise OptionError(f"{len(layers)} VGG layers but {len(layer_weights)} layer weights")
+        if criterion not in ("l1", "l2"):
+            raise OptionError(f"perceptual criterion must be 'l1' or 'l2', got '{criterion}'")
+        path = find_vgg19(weights)
+        if path is None and not _allow_random:
+            raise OptionError(
+                "the perceptual loss needs the torchvision VGG19 weights (vgg19-dcbf9e4f.pth): "
+                "give its path (perceptual_vgg / vgg path) or set TOKENSR_VGG19=FILE"
+            )
+        self.vgg = VGG19Features(layers, path, tuple(input_range))  # type: ignore[arg-type]
+        self.layer_weights = dict(zip(layers, (float(w) for w in layer_weights)))
+        self.criterion = criterion
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fx = self.vgg(x)
+        if y.requires_grad:
+            fy = self.vgg(y)
+        else:
+            with torch.no_grad():
+                fy = self.vgg(y)
+        total = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
+        for name, w in self.layer_weights.items():
+            d = fx[name].float() - fy[name].float()
+            d = d.abs() if self.criterion == "l1" else d.pow(2)
+            total = total + w * d.flatten(1).mean(1)
+        return total
+
+
+def build_perceptual(spec: Any = "auto") -> PerceptualLoss | None:
+    """A perceptual loss from a config value, or None when it is off.
+
+    - ``None`` / ``False`` / ``"none"`` / ``"off"``: off.
+    - ``"auto"``: on when a VGG19 file is found (:func:`tokensr.nn.vgg.find_vgg19`), else off
+      with a warning. Callers must handle None.
+    - a path: that file (missing -> a clear error).
+    - a dict: keyword arguments of :class:`PerceptualLoss` (``weights`` is the path).
+    """
+    if spec is None or spec is False or (isinstance(spec, str) and spec.lower() in ("none", "off", "false", "")):
+        return None
+    if isinstance(spec, dict):
+        return PerceptualLoss(**spec)
+    if isinstance(spec, str) and spec.lower() == "auto":
+        path = find_vgg19(None)
+        if path is None:
+            log.warning("no VGG19 weights found (set TOKENSR_VGG19=FILE): training without the perceptual loss")
+            return None
+        return PerceptualLoss(path)
+    return PerceptualLoss(os.fspath(spec))
+
+
+# --- GAN ----------------------------------------------------------------------------------------
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Discriminator hinge loss ``0.5 * (mean relu(1 - D(real)) + mean relu(1 + D(fake)))``."""
+    return 0.5 * (F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean())
+
+
+def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Generator loss of the hinge GAN: ``-mean D(fake)``."""
+    return -fake_logits.float().mean()
+
+
+def adaptive_gan_weight(
+    nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float = 1e4, eps: float = 1e-4
+) -> torch.Tensor:
+    """taming-transformers' balance of the GAN term against the reconstruction loss:
+    ``||d nll / d W|| / (||d g_loss / d W|| + eps)`` on the generator's last layer ``W``,
+    clamped to ``[0, max_weight]`` and detached. Zero when no gradient can be taken
+    (e.g. under ``torch.no_grad`` during validation)."""
+    if not (torch.is_grad_enabled() and nll.requires_grad and g_loss.requires_grad):
+        return torch.zeros((), device=nll.device)
+    (g_nll,) = torch.autograd.grad(nll, last_layer, retain_graph=True)
+    (g_gan,) = torch.autograd.grad(g_loss, last_layer, retain_graph=True)
+    return (g_nll.float().norm() / (g_gan.float().norm() + eps)).clamp(0.0, max_weight).detach()
+
+
+# --- vector quantisation ------------------------------------------------------------------------
+def codebook_loss(z: torch.Tensor, z_q: torch.Tensor, beta: float = 0.25, learned_codebook: bool = True) -> torch.Tensor:
+    """VQ-VAE loss: ``||sg(z) - z_q||^2`` (moves the codes; left out for an EMA codebook)
+    plus ``beta * ||z - sg(z_q)||^2`` (commits the encoder). ``z_q`` is the raw code lookup
+    (before the straight-through trick)."""
+    commit = beta * F.mse_loss(z, z_q.detach())
+    if not learned_codebook:
+        return commit
+    return commit + F.mse_loss(z_q, z.detach())
+
+
+def psnr(x01: torch.Tensor, y01: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1] (x clamped), over the whole batch."""
+    mse = F.mse_loss(x01.detach().float().clamp(0, 1), y01.detach().float()).item()
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+__all__ = [
+    "MS_SSIM_WEIGHTS",
+    "MSSSIMLoss",
+    "PerceptualLoss",
+    "adaptive_gan_weight",
+    "build_perceptual",
+    "codebook_loss",
+    "hinge_d_loss",
+    "hinge_g_loss",
+    "l1_loss",
+    "l2_loss",
+    "ms_ssim",
+    "ms_ssim_levels",
+    "psnr",
+    "ssim",
+    "weighted_mean",
+]
