@@ -1,0 +1,146 @@
+"""RealSRT as an SR method: tiny end-to-end runs through build()."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tokensr.errors import OptionError
+from tokensr.methods import build_method
+from tokensr.methods.realsrt.method import RealSRTMethod, build
+from tokensr.methods.realsrt.model import PRESETS, RealSRT
+from tokensr.nn.vqgan import VQGAN, VQGANConfig
+
+
+def tiny_tokenizer(seed: int = 0) -> VQGAN:
+    torch.manual_seed(seed)
+    tok = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, mid_attention=False, code_dim=8,
+                            codebook_size=16))
+    tok.train()
+    with torch.no_grad():
+        tok(torch.rand(2, 3, 32, 32) * 2 - 1)
+    return tok.eval()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = RealSRT.from_preset("tiny", tiny_tokenizer())
+    with torch.no_grad():  # a CCM that does something, so the ccm option matters
+        model.ccm.zero_conv.weight.normal_(std=0.5)  # type: ignore[union-attr]
+    out = tmp_path_factory.mktemp("realsrt") / "tiny"
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def generator_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = RealSRT.create(tiny_tokenizer(), PRESETS["tiny"].generator, scale=4, lr_patch=8)
+    out = tmp_path_factory.mktemp("realsrt") / "gen"
+    model.save_pretrained(out)
+    return out
+
+
+def test_end_to_end_any_size_deterministic(folder: Path) -> None:
+    method = build_method("realsrt", scale=4, weights=str(folder))
+    assert isinstance(method, RealSRTMethod) and method.name == "realsrt" and method.scale == 4
+    assert method.confidence == "critic" and method.use_ccm and method.steps == 4
+    lr = torch.rand(1, 3, 20, 27, generator=torch.Generator().manual_seed(0))
+    a = method(lr)
+    assert a.shape == (1, 3, 80, 108)
+    assert torch.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
+    b = build(scale=4, weights=str(folder))(lr)
+    assert torch.equal(a, b)
+
+
+def test_options_change_the_result(folder: Path) -> None:
+    lr = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(1))
+    base = build(weights=str(folder))(lr)
+    for opts in ({"ccm": "false"}, {"confidence": "generator"}, {"steps": "1"}, {"color_fix": "none"}):
+        out = build(weights=str(folder), **opts)(lr)
+        assert out.shape == base.shape and not torch.equal(out, base), opts
+    # sampling with a temperature is reproducible for a given seed
+    t1 = build(weights=str(folder), temperature="1.5", seed="3")(lr)
+    t2 = build(weights=str(folder), temperature="1.5", seed="3")(lr)
+    assert torch.equal(t1, t2)
+
+
+def test_batches_of_images_and_patch_batching(folder: Path) -> None:
+    lr = torch.rand(2, 3, 16, 12, generator=torch.Generator().manual_seed(2))
+    one = build(weights=str(folder), batch="1")(lr)
+    many = build(weights=str(folder), batch="64")(lr)
+    assert torch.allclose(one, many, atol=1e-5)
+    single = build(weights=str(folder))(lr[1:])
+    assert torch.allclose(many[1:], single, atol=1e-5)
+
+
+def test_steps_api_and_figure(folder: Path, tmp_path: Path) -> None:
+    lr = torch.rand(1, 3, 10, 14, generator=torch.Generator().manual_seed(3))
+    method = build(weights=str(folder), steps=3)
+    res = method.upscale_with_steps(lr)
+    assert len(res.images) == 3 and len(res.confidences) == 3
+    assert res.images[0].shape == (1, 3, 40, 56) and res.confidences[0].shape == (1, 1, 40, 56)
+    assert all(0 <= c.min() and c.max() <= 1 for c in res.confidences)
+    assert torch.allclose(res.final, method(lr), atol=1e-5)
+
+    figs = tmp_path / "figs"
+    with_fig = build(weights=str(folder), steps=3, save_steps=str(figs))
+    with_fig.figure_name = "photo"
+    out = with_fig(lr)
+    assert torch.allclose(out, res.final, atol=1e-5)
+    png = figs / "photo_steps.png"
+    im = Image.open(png)
+    assert im.mode == "RGB" and im.width > im.height  # 4 columns (LR + 3 steps), 2 rows
+    path_fig = build(weights=str(folder), steps=2, save_steps=str(tmp_path / "one.png"))
+    path_fig(lr)
+    path_fig(lr)
+    assert (tmp_path / "one.png").is_file() and (tmp_path / "one-2.png").is_file()
+
+
+def test_save_steps_flag_uses_default_folder(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    method = build(weights=str(folder), steps=2, save_steps=True)
+    method(torch.rand(1, 3, 8, 8))
+    assert (tmp_path / "realsrt-steps" / "realsrt-0001_steps.png").is_file()
+    assert build(weights=str(folder), save_steps=False).save_steps is None
+
+
+def test_generator_only_model_defaults(generator_only: Path) -> None:
+    method = build(weights=str(generator_only))
+    assert method.confidence == "generator" and not method.use_ccm
+    assert method(torch.rand(1, 3, 9, 9)).shape == (1, 3, 36, 36)
+    with pytest.raises(OptionError, match="critic"):
+        build(weights=str(generator_only), confidence="critic")
+    with pytest.raises(OptionError, match="CCM"):
+        build(weights=str(generator_only), ccm=True)
+
+
+def test_option_errors(folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(OptionError):
+        build(weights=str(folder), alpha="0.5")
+    with pytest.raises(OptionError):
+        build(weights=str(folder), steps="zero")
+    with pytest.raises(OptionError):
+        build(weights=str(folder), steps="0")
+    with pytest.raises(OptionError):
+        build(weights=str(folder), confidence="oracle")
+    with pytest.raises(OptionError):
+        build(weights=str(folder), stride="20")
+    with pytest.raises(OptionError):
+        build(weights=str(folder), patch="0")
+    with pytest.raises(OptionError, match="x4"):
+        build(scale=2, weights=str(folder))
+    with pytest.raises(OptionError):
+        build(weights=str(tmp_path / "missing"))
+
+
+def test_missing_bundled_weights_is_a_clear_error() -> None:
+    from tokensr.pretrained import bundled_names
+
+    if "realsrt-small-x2" in bundled_names():
+        pytest.skip("realsrt x2 weights are bundled")
+    with pytest.raises(OptionError, match="--weights"):
+        build(scale=2, weights=None)
+    with pytest.raises(OptionError, match="x3"):
+        build(scale=3, weights=None)

@@ -1,0 +1,62 @@
+"""RealSRT's conditional controlling module (CCM, paper sec. 3.3).
+
+The generated HR tokens alone lose the exact colours and fine layout of the input. The CCM
+lets the LR image steer the frozen VQGAN decoder: a trainable copy ``E'`` of the tokenizer
+encoder reads the bicubic-upsampled LR image, its features are concatenated with the decoder
+input ``h = post_quant_conv(z_q)``, pass a ResBlock -> self-attention -> ResBlock, and a
+zero-initialised 1x1 conv maps them back to ``h``'s channels and adds them::
+
+    h' = h + ZeroConv(Res(Attn(Res([h, E'(lr_up)]))))
+
+Because the zero conv starts at exactly zero, ``h' == h`` before training: the module starts
+as the identity and cannot hurt the pretrained decoder. Only the CCM is trained (VQGAN losses);
+the tokenizer and the masked transformer stay frozen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tokensr.nn.blocks import AttnBlock, ResnetBlock
+from tokensr.nn.vqgan import VQGAN, Encoder, VQGANConfig
+
+
+@dataclass
+class CCMConfig:
+    attention: bool = True  # self-attention between the two residual blocks (paper: yes)
+
+
+class CCM(nn.Module):
+    def __init__(self, tokenizer_config: VQGANConfig, config: CCMConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or CCMConfig()
+        c = tokenizer_config.code_dim
+        self.encoder = Encoder(tokenizer_config)  # trainable copy of the tokenizer encoder
+        self.res1 = ResnetBlock(2 * c, 2 * c)
+        self.attn = AttnBlock(2 * c) if self.config.attention else nn.Identity()
+        self.res2 = ResnetBlock(2 * c, 2 * c)
+        self.zero_conv = nn.Conv2d(2 * c, c, 1)
+        nn.init.zeros_(self.zero_conv.weight)
+        nn.init.zeros_(self.zero_conv.bias)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: VQGAN, config: CCMConfig | None = None) -> CCM:
+        """A CCM whose encoder starts as an exact copy of ``tokenizer.encoder``."""
+        ccm = cls(tokenizer.config, config)
+        ccm.encoder.load_state_dict(tokenizer.encoder.state_dict())
+        return ccm.to(next(tokenizer.parameters()).device)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """Weight of the zero conv: the layer the adaptive GAN weight is computed on."""
+        return self.zero_conv.weight
+
+    def forward(self, h: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
+        """``h``: decoder input ``[B, code_dim, H/f, W/f]``; ``lr_up``: upsampled LR in [-1, 1]."""
+        cond = self.encoder(lr_up)
+        if cond.shape[-2:] != h.shape[-2:]:
+            raise ValueError(f"CCM: LR features {tuple(cond.shape[-2:])} do not match tokens {tuple(h.shape[-2:])}")
+        r = self.res2(self.attn(self.res1(torch.cat([h, cond], dim=1))))
+        return h + self.zero_conv(r)

@@ -1,0 +1,303 @@
+"""RealSRT as an SR method: ``build(scale, weights, device, **options)``.
+
+An LR image of any size is cut into overlapping LR patches of the model's patch size (half
+overlap by default), each patch is upsampled, tokenised, generated in ``steps`` iterations,
+decoded (through the CCM when present) and colour-corrected towards its LR patch (AdaIN), and
+the patches are blended with Gaussian weights (``tokensr.inference.patches``).
+
+Options (strings are accepted, as the benchmark passes them):
+
+- ``steps`` (4): iterations T.
+- ``confidence`` ('critic' when the model has a critic, else 'generator'): which confidence
+  chooses the tokens to re-mask; 'generator' is MaskGIT's rule (the paper's ablation).
+- ``ccm`` (true when the model has one): decode through the conditional controlling module.
+- ``patch`` (the model's ``lr_patch``), ``stride`` (the model's saved stride, else patch/2:
+  the paper's half overlap), ``batch`` (patches per forward
+  pass; 8), ``color_fix`` ('adain' | 'wavelet' | 'none'), ``rounding`` ('ceil' as in the paper |
+  'floor' as in the reference code), ``temperature`` (0 = argmax, deterministic) and ``seed``
+  (for temperature > 0).
+- ``save_steps``: also write a Fig.-1-style PNG (image after each step + confidence maps).
+  A path ending in ``.png`` is written as given (``-2``, ``-3``... appended for later images);
+  otherwise it is a folder and each image gets ``<name>_steps.png`` where ``name`` is
+  :attr:`RealSRTMethod.figure_name` when the caller sets it (e.g. the input file's stem), else
+  ``realsrt-0001``, ``realsrt-0002``... ``save_steps=True`` (the bare ``--save-steps`` flag)
+  means the folder ``realsrt-steps`` in the current directory.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokensr.errors import OptionError
+from tokensr.inference.colorfix import COLOR_FIXES, color_fix
+from tokensr.inference.patches import aggregate_patches
+from tokensr.methods.realsrt.figure import save_step_figure
+from tokensr.methods.realsrt.model import Condition, RealSRT
+from tokensr.methods.realsrt.sampling import CONFIDENCES, ROUNDINGS, GenerationResult
+from tokensr.pretrained import WeightsNotFoundError, read_config, resolve
+
+log = logging.getLogger(__name__)
+
+# bundled default per scale (trained by the lead; see docs/realsrt.md)
+DEFAULT_WEIGHTS: dict[int, str] = {4: "realsrt-small-x4", 2: "realsrt-small-x2"}
+# where step figures go when save_steps is just "on" (the CLI flag without a path)
+DEFAULT_STEPS_DIR = "realsrt-steps"
+
+
+@dataclass
+class StepOutputs:
+    """Per-step results of :meth:`RealSRTMethod.upscale_with_steps` (full resolution)."""
+
+    images: list[torch.Tensor]  # T x [B, 3, H, W] in [0, 1]: the image decoded after each step
+    confidences: list[torch.Tensor]  # T x [B, 1, H, W] in [0, 1]: token confidences (1 = sure)
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.images[-1]
+
+
+class RealSRTMethod:
+    name = "realsrt"
+
+    def __init__(
+        self,
+        model: RealSRT,
+        steps: int = 4,
+        confidence: str = "critic",
+        use_ccm: bool = True,
+        patch: int | None = None,
+        stride: int | None = None,
+        batch: int = 8,
+        color: str = "adain",
+        rounding: str = "ceil",
+        temperature: float = 0.0,
+        seed: int = 0,
+        save_steps: str | None = None,
+        var: float = 0.05,
+    ) -> None:
+        self.model = model.eval()
+        self.scale = model.scale
+        self.steps = steps
+        self.confidence = confidence
+        self.use_ccm = use_ccm
+        self.patch = patch or model.config.lr_patch
+        self.stride = stride or default_stride(model, self.patch)
+        self.batch = batch
+        self.color = color
+        self.rounding = rounding
+        self.temperature = temperature
+        self.seed = seed
+        self.save_steps = save_steps
+        self.var = var
+        self.figure_name: str | None = None  # set by a caller to name the next step figure
+        self._figures = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives (the pipeline moves inputs here)."""
+        return self.model.device
+
+    # --- one batch of LR patches -------------------------------------------------------------
+    def _rng(self) -> torch.Generator | None:
+        return torch.Generator().manual_seed(self.seed) if self.temperature > 0 else None
+
+    def _generate(self, x: torch.Tensor, score_last: bool) -> tuple[Condition, GenerationResult]:
+        cond = self.model.condition(x)
+        result = self.model.generate(
+            cond, self.steps, self.confidence, self.rounding, self.temperature, self._rng(), score_last=score_last
+        )
+        return cond, result
+
+    def _decode(self, ids: torch.Tensor, cond: Condition, x: torch.Tensor) -> torch.Tensor:
+        img = self.model.decode(ids, cond.hw, cond.lr_up if self.use_ccm else None)
+        return color_fix(img, x, self.color).clamp(0, 1)
+
+    @torch.no_grad()
+    def _patch_final(self, x: torch.Tensor) -> torch.Tensor:
+        cond, result = self._generate(x, score_last=False)
+        return self._decode(result.tokens, cond, x)
+
+    @torch.no_grad()
+    def _patch_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Stack of T images then T confidence maps on the channel axis."""
+        cond, result = self._generate(x, score_last=True)
+        size = cond.lr_up.shape[-2:]
+        images = [self._decode(s.tokens, cond, x) for s in result.steps]
+        confs = [
+            torch.nn.functional.interpolate(s.confidence.view(-1, 1, *cond.hw), size=size, mode="nearest")
+            for s in result.steps
+        ]
+        return torch.cat(images + confs, dim=1)
+
+    # --- whole images --------------------------------------------------------------------------
+    def _check(self, lr: torch.Tensor) -> torch.Tensor:
+        if lr.dim() != 4 or lr.shape[1] != 3:
+            raise OptionError(f"realsrt expects an RGB batch [B, 3, h, w], got {tuple(lr.shape)}")
+        return lr.to(self.model.device, torch.float32)
+
+    @torch.no_grad()
+    def upscale_with_steps(self, lr: torch.Tensor) -> StepOutputs:
+        """The image after each of the ``steps`` iterations and each step's confidence map."""
+        lr = self._check(lr)
+        out = aggregate_patches(lr, self._patch_steps, self.scale, self.patch, self.stride, self.batch, self.var)
+        t = self.steps
+        images = [out[:, 3 * i : 3 * i + 3].clamp(0, 1) for i in range(t)]
+        confs = [out[:, 3 * t + i : 3 * t + i + 1].clamp(0, 1) for i in range(t)]
+        return StepOutputs(images, confs)
+
+    @torch.no_grad()
+    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+        if self.save_steps:
+            result = self.upscale_with_steps(lr)
+            for k in range(lr.shape[0]):
+                self._write_figure(lr[k], [im[k] for im in result.images], [c[k] for c in result.confidences], k)
+            return result.final
+        lr = self._check(lr)
+        out = aggregate_patches(lr, self._patch_final, self.scale, self.patch, self.stride, self.batch, self.var)
+        return out.clamp(0, 1)
+
+    def _figure_path(self, index: int = 0) -> Path:
+        """Where the next figure goes (``index``: position in the batch, for named figures)."""
+        assert self.save_steps is not None
+        self._figures += 1
+        target = Path(self.save_steps)
+        if target.suffix.lower() == ".png":
+            return target if self._figures == 1 else target.with_name(f"{target.stem}-{self._figures}.png")
+        name = f"{self.figure_name}-{index + 1}" if self.figure_name and index else self.figure_name
+        name = name or f"realsrt-{self._figures:04d}"
+        return target / f"{name}_steps.png"
+
+    def _write_figure(self, lr: torch.Tensor, images: list[torch.Tensor], confs: list[torch.Tensor],
+                      index: int = 0) -> None:
+        path = save_step_figure(self._figure_path(index), lr, images, confs)
+        log.info("wrote step figure %s", path)
+
+
+# --- factory ---------------------------------------------------------------------------------
+def default_stride(model: RealSRT, patch: int) -> int:
+    """The model's saved inference stride for its own patch size, else half the patch."""
+    if model.config.stride and patch == model.config.lr_patch:
+        return int(model.config.stride)
+    return max(1, patch // 2)
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise OptionError(f"option {name} must be true or false, got '{value}'")
+
+
+def _as_int(name: str, value: Any, minimum: int = 1) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"option {name} must be an integer, got '{value}'") from None
+    if n < minimum or float(value) != n:
+        raise OptionError(f"option {name} must be an integer >= {minimum}, got '{value}'")
+    return n
+
+
+def _as_float(name: str, value: Any, minimum: float = 0.0) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"option {name} must be a number, got '{value}'") from None
+    if not x >= minimum:
+        raise OptionError(f"option {name} must be >= {minimum}, got '{value}'")
+    return x
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise OptionError(f"option {name} must be one of {', '.join(choices)}, got '{value}'")
+    return text
+
+
+def load_model(weights: str | None, scale: int, device: str | torch.device = "cpu") -> RealSRT:
+    """Load a saved RealSRT folder (or the bundled default for ``scale``) onto ``device``."""
+    name = weights if weights is not None else DEFAULT_WEIGHTS.get(scale)
+    if name is None:
+        raise OptionError(f"realsrt supports x4 and x2, not x{scale}")
+    try:
+        folder = resolve(name)
+    except WeightsNotFoundError as e:
+        if weights is None:
+            raise OptionError(f"no bundled weights for realsrt x{scale} yet; pass --weights FOLDER") from None
+        raise OptionError(str(e)) from None
+    data = read_config(folder)
+    if data.get("model_type") != RealSRT.model_type:
+        raise OptionError(f"'{name}' holds a {data.get('model_type')} model, not a realsrt model")
+    if int(data.get("scale", 4)) != scale:
+        raise OptionError(f"the realsrt model '{name}' is x{data.get('scale')}, not x{scale}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise OptionError(f"unknown device '{device}'") from e
+    return RealSRT.from_pretrained(folder, device=dev)
+
+
+def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> RealSRTMethod:
+    """Build RealSRT for ``scale`` from ``weights`` (a saved folder; None = the bundled default)."""
+    known = {"steps", "confidence", "ccm", "patch", "stride", "batch", "color_fix", "rounding",
+             "temperature", "seed", "save_steps"}
+    unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
+    if unknown:
+        raise OptionError(
+            f"realsrt does not take the option(s): {', '.join(unknown)} (it takes {', '.join(sorted(known))})"
+        )
+    opts = {k: v for k, v in options.items() if v is not None}
+    model = load_model(weights, int(scale), device)
+
+    confidence = _choice("confidence", opts.get("confidence", "critic" if model.critic is not None else "generator"),
+                         CONFIDENCES)
+    if confidence == "critic" and model.critic is None:
+        raise OptionError("this realsrt model has no critic; use --confidence generator or train the critic stage")
+    use_ccm = _as_bool("ccm", opts.get("ccm", model.ccm is not None))
+    if use_ccm and model.ccm is None:
+        raise OptionError("this realsrt model has no CCM; pass ccm=false or train the CCM stage")
+    patch = _as_int("patch", opts.get("patch", model.config.lr_patch))
+    f = model.tokenizer.factor
+    if (patch * model.scale) % f:
+        raise OptionError(f"patch {patch} times the scale {model.scale} must be a multiple of the tokenizer factor {f}")
+    stride = _as_int("stride", opts.get("stride", default_stride(model, patch)))
+    if stride > patch:
+        raise OptionError(f"stride {stride} must not exceed the patch size {patch}")
+    save_steps = _save_steps_target(opts.get("save_steps"))
+    return RealSRTMethod(
+        model,
+        steps=_as_int("steps", opts.get("steps", 4)),
+        confidence=confidence,
+        use_ccm=use_ccm,
+        patch=patch,
+        stride=stride,
+        batch=_as_int("batch", opts.get("batch", 8)),
+        color=_choice("color_fix", opts.get("color_fix", "adain"), COLOR_FIXES),
+        rounding=_choice("rounding", opts.get("rounding", "ceil"), ROUNDINGS),
+        temperature=_as_float("temperature", opts.get("temperature", 0.0)),
+        seed=_as_int("seed", opts.get("seed", 0), minimum=0),
+        save_steps=save_steps,
+    )
+
+
+def _save_steps_target(value: Any) -> str | None:
+    """``save_steps`` as given: a folder or ``.png`` path; True (the CLI flag) = ``DEFAULT_STEPS_DIR``."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return DEFAULT_STEPS_DIR
+    text = str(value).strip()
+    if text.lower() in ("", "0", "false", "no", "off"):
+        return None
+    if text.lower() in ("1", "true", "yes", "on"):
+        return DEFAULT_STEPS_DIR
+    return text
