@@ -145,7 +145,7 @@ def test_pass_through_options_only_when_given(make_image, tmp_path: Path) -> Non
     args = parser.parse_args(["upscale", "x.png", "-o", "o"])
     assert method_options(args) == {}
     args = parser.parse_args(["upscale", "x.png", "-o", "o", "--steps", "8", "--alpha", "0.5", "--save-steps"])
-    assert method_options(args) == {"steps": 8, "alpha": 0.5, "save_steps": True}
+    assert method_options(args) == {"steps": 8, "alpha": 0.5, "save_steps": str(Path("o") / "steps")}
     src = make_image("p.png")
     argv = ["upscale", str(src), "-o", str(tmp_path / "o"), "--steps", "3", "--alpha", "0.7", "--seed", "1", "-q"]
     assert main(argv) == 0
@@ -174,3 +174,20 @@ def test_models_lists_methods_and_cards(capsys, tmp_path: Path, monkeypatch) -> 
     assert main(["models", "demo-x4"]) == 0
     assert "A test card." in capsys.readouterr().out
     assert main(["models", "missing"]) == 1
+
+
+def test_method_options_forward_only_what_was_given(tmp_path: Path) -> None:
+    from tokensr.cli import build_parser
+    from tokensr.cli.upscale import method_options
+
+    parser, _ = build_parser()
+    args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "out")])
+    assert method_options(args) == {}
+    args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "out"), "--steps", "6",
+                              "--confidence", "generator", "--no-ccm", "--save-steps"])
+    assert method_options(args) == {"steps": 6, "confidence": "generator", "ccm": False,
+                                    "save_steps": str(tmp_path / "out" / "steps")}
+    args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "x.png"), "--save-steps", "figs"])
+    assert method_options(args)["save_steps"] == "figs"
+    args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "x.png"), "--save-steps"])
+    assert method_options(args)["save_steps"] == str(tmp_path / "steps")

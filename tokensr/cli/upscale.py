@@ -10,6 +10,7 @@ import argparse
 import logging
 import random
 import sys
+from pathlib import Path
 from typing import Any
 
 from tokensr.errors import OptionError
@@ -39,16 +40,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Options forwarded to the method only when given (bicubic ignores them).
     add("--steps", type=int, default=None, metavar="N", help="token-generation steps (iterative methods)")
     add("--alpha", type=float, default=None, metavar="F", help="confidence threshold (ITER-style methods)")
-    add("--save-steps", action="store_true", default=None, help="also save intermediate steps (iterative methods)")
+    add("--save-steps", nargs="?", const=True, default=None, metavar="DIR",
+        help="also save a figure of every step and its confidence map (iterative methods) "
+        "into DIR (default: a steps/ folder beside the outputs)")
+    add("--confidence", choices=("critic", "generator"), default=None,
+        help="RealSRT: which network scores the tokens (default: critic; generator = MaskGIT-style)")
+    add("--no-ccm", dest="ccm", action="store_false", default=None,
+        help="RealSRT: decode without the conditional controlling module")
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The pass-through options the user actually gave."""
     options: dict[str, Any] = {}
-    for key in ("steps", "alpha", "save_steps"):
+    for key in ("steps", "alpha", "save_steps", "confidence", "ccm"):
         value = getattr(args, key, None)
         if value is not None:
             options[key] = value
+    if options.get("save_steps") is True:
+        out = Path(args.output)
+        options["save_steps"] = str((out.parent if out.suffix else out) / "steps")
     return options
 
 

@@ -221,6 +221,8 @@ def upscale_files(
         try:
             check_output_path(dst, overwrite=overwrite, protect=protect)  # fail before the slow part
             loaded = read_image(src, max_pixels=max_pixels)
+            if hasattr(method, "figure_name"):  # methods that save per-image figures name them after the input
+                method.figure_name = src.stem
             result = upscale_image(loaded, method, tile=tile, overlap=overlap, batch=batch, device=device, quiet=quiet)
             write_image(result, dst, overwrite=overwrite, protect=protect)
         except TokensrError as e:  # ImageReadError, ImageWriteError, OptionError, ...
