@@ -1,0 +1,111 @@
+"""UGTSR as an SR method: tiny end-to-end runs through build(), the method table and the CLI."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tokensr.errors import OptionError
+from tokensr.methods import build_method
+from tokensr.methods.ugtsr.method import UGTSRMethod, build
+from tokensr.methods.ugtsr.model import UGTSR
+from tokensr.nn.vqgan import VQGAN, VQGANConfig
+
+
+def tiny_tokenizer(seed: int = 0) -> VQGAN:
+    torch.manual_seed(seed)
+    tok = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8,
+                            codebook_size=16))
+    tok.train()
+    with torch.no_grad():
+        tok(torch.rand(2, 3, 32, 32) * 2 - 1)
+    return tok.eval()
+
+
+def _save(scale: int, folder: Path) -> Path:
+    model = UGTSR.create(tiny_tokenizer(), scale=scale, preset="tiny", top_k=3, align_attention=True)
+    torch.manual_seed(scale)
+    with torch.no_grad():  # make the zero-initialised parts do something
+        model.fusion.out.weight.normal_(std=0.5)  # type: ignore[union-attr]
+        model.align["0"].proj.weight.normal_(std=0.5)  # type: ignore[union-attr]
+        for m in model.inject.values():
+            m.weight.normal_(std=0.3)  # type: ignore[operator]
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def x4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save(4, tmp_path_factory.mktemp("ugtsr") / "x4")
+
+
+@pytest.fixture(scope="module")
+def x2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save(2, tmp_path_factory.mktemp("ugtsr") / "x2")
+
+
+@pytest.mark.parametrize("scale", [4, 2])
+def test_end_to_end_any_size_deterministic(scale: int, x4: Path, x2: Path) -> None:
+    folder = x4 if scale == 4 else x2
+    method = build_method("ugtsr", scale=scale, weights=str(folder))
+    assert isinstance(method, UGTSRMethod) and method.name == "ugtsr" and method.scale == scale
+    assert method.top_k == 3
+    lr = torch.rand(1, 3, 20, 27, generator=torch.Generator().manual_seed(0))
+    a = method(lr)
+    assert a.shape == (1, 3, 20 * scale, 27 * scale)
+    assert torch.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
+    b = build(scale=scale, weights=str(folder))(lr)
+    assert torch.equal(a, b)
+    # a batch gives the same images as one at a time
+    lr2 = torch.cat([lr, torch.rand(1, 3, 20, 27)])
+    assert torch.allclose(method(lr2)[:1], a, atol=1e-5)
+
+
+def test_top_k_option(x4: Path) -> None:
+    lr = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(1))
+    k3 = build(weights=str(x4))(lr)
+    k1 = build(weights=str(x4), top_k="1")(lr)  # the benchmark passes strings
+    assert k1.shape == k3.shape and not torch.equal(k1, k3)
+    assert torch.equal(build(weights=str(x4), top_k=3)(lr), k3)
+    with pytest.raises(OptionError, match="top_k"):
+        build(weights=str(x4), top_k=5)
+    with pytest.raises(OptionError):
+        build(weights=str(x4), top_k="two")
+
+
+def test_tiling(x4: Path) -> None:
+    lr = torch.rand(1, 3, 21, 18, generator=torch.Generator().manual_seed(2))
+    whole = build(weights=str(x4), tile=0)(lr)
+    tiled = build(weights=str(x4), tile=12, tile_overlap=4)(lr)
+    assert tiled.shape == whole.shape == (1, 3, 84, 72)
+    assert torch.isfinite(tiled).all()
+    # tiles see less context, so the two differ, but only somewhat
+    assert (tiled - whole).abs().mean() < 0.2
+    with pytest.raises(OptionError):
+        build(weights=str(x4), tile=4)
+
+
+def test_errors(x4: Path) -> None:
+    with pytest.raises(OptionError, match="no bundled weights"):
+        build(scale=4, weights=None)
+    with pytest.raises(OptionError, match="x4, not x2"):
+        build(scale=2, weights=str(x4))
+    with pytest.raises(OptionError, match="does not take"):
+        build(weights=str(x4), steps=4)
+    with pytest.raises(OptionError):
+        build(scale=3)
+    with pytest.raises(OptionError):
+        build(weights=str(x4))(torch.rand(1, 1, 8, 8))
+
+
+def test_cli_upscale(x2: Path, tmp_path: Path, make_image: Callable[..., Path]) -> None:
+    from tokensr.cli import main
+
+    src = make_image("in.png", size=(23, 17))
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(src), "-o", str(out), "--weights", str(x2), "--quiet"]) == 0
+    with Image.open(out) as im:
+        assert im.size == (46, 34)

@@ -1,0 +1,156 @@
+"""UGTSR as an SR method: ``build(scale, weights, device, **options)``.
+
+One forward pass per image (no iterations): encode the LR, match codes (Top-k), decode with
+the frozen VQGAN decoder fused with LQ features. Any LR size works: the LR is padded at the
+bottom/right to what the encoder needs (a multiple of ``f / scale``; 1 for f=4 at x4) and
+the output cropped to exactly ``scale * h`` by ``scale * w``. Large images are processed in
+overlapping tiles (``tokensr.inference.tiling``) to bound memory.
+
+Options (strings are accepted, as the benchmark passes them):
+
+- ``top_k``: None = the model's trained k; 1 = plain nearest-neighbour matching (skips the
+  fusion: an inference-time ablation). Other values are refused (the fusion is built for k).
+- ``tile`` (LR pixels; default ``auto``: 256-px tiles when a side of the LR is longer than
+  256, else one pass; ``0`` = never tile), ``tile_overlap`` (16, as FeMaSR).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tokensr.errors import OptionError
+from tokensr.methods.ugtsr.model import UGTSR
+from tokensr.pretrained import WeightsNotFoundError, read_config, resolve
+
+# bundled default per scale (trained by the lead; see docs/ugtsr.md)
+DEFAULT_WEIGHTS: dict[int, str] = {4: "ugtsr-small-x4", 2: "ugtsr-small-x2"}
+AUTO_TILE = 256  # LR tile side used when the image is larger than one tile
+DEFAULT_OVERLAP = 16
+
+
+class UGTSRMethod:
+    name = "ugtsr"
+
+    def __init__(self, model: UGTSR, top_k: int | None = None, tile: int | None = AUTO_TILE,
+                 tile_overlap: int = DEFAULT_OVERLAP) -> None:
+        self.model = model.eval()
+        self.scale = model.scale
+        self.top_k = model.resolve_top_k(top_k)
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives (the pipeline moves inputs here)."""
+        return self.model.device
+
+    @property
+    def pad_multiple(self) -> int:
+        return self.model.pad_multiple
+
+    def _one_pass(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.model.upscale(lr, self.top_k)
+
+    @torch.no_grad()
+    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+        if lr.dim() != 4 or lr.shape[1] != 3:
+            raise OptionError(f"ugtsr expects an RGB batch [B, 3, h, w], got {tuple(lr.shape)}")
+        lr = lr.to(self.model.device, torch.float32)
+        h, w = lr.shape[-2:]
+        if not self.tile or (h <= self.tile and w <= self.tile):
+            return self._one_pass(lr)
+        from tokensr.inference.tiling import upscale_tiled
+
+        outs = [
+            upscale_tiled(_Pass(self), lr[i : i + 1], tile=self.tile, overlap=self.tile_overlap, quiet=True)
+            for i in range(lr.shape[0])
+        ]
+        return torch.cat(outs).clamp(0, 1)
+
+
+class _Pass:
+    """The method without its own tiling, for :func:`upscale_tiled`."""
+
+    name = "ugtsr"
+
+    def __init__(self, method: UGTSRMethod) -> None:
+        self.method = method
+        self.scale = method.scale
+        self.pad_multiple = method.pad_multiple
+
+    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.method._one_pass(lr)
+
+
+# --- options -------------------------------------------------------------------------------------
+def _as_int(name: str, value: Any, minimum: int) -> int:
+    try:
+        n = int(value)
+        exact = float(value) == n
+    except (TypeError, ValueError):
+        raise OptionError(f"option {name} must be an integer, got '{value}'") from None
+    if n < minimum or not exact:
+        raise OptionError(f"option {name} must be an integer >= {minimum}, got '{value}'")
+    return n
+
+
+def _tile(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return AUTO_TILE
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "none", "false")):
+        return None
+    n = _as_int("tile", value, 0)
+    if n and n < 8:
+        raise OptionError(f"option tile must be 0 (off) or at least 8 LR pixels, got {n}")
+    return n or None
+
+
+def load_model(weights: str | None, scale: int, device: str | torch.device = "cpu") -> UGTSR:
+    """Load a saved UGTSR folder (or the bundled default for ``scale``) onto ``device``."""
+    name = weights if weights is not None else DEFAULT_WEIGHTS.get(scale)
+    if name is None:
+        raise OptionError(f"ugtsr supports x4 and x2, not x{scale}")
+    try:
+        folder = resolve(name)
+    except WeightsNotFoundError as e:
+        if weights is None:
+            raise OptionError(f"no bundled weights for ugtsr x{scale} yet; pass --weights FOLDER") from None
+        raise OptionError(str(e)) from None
+    data = read_config(folder)
+    if data.get("model_type") != UGTSR.model_type:
+        raise OptionError(f"'{name}' holds a {data.get('model_type')} model, not a ugtsr model")
+    if int(data.get("scale", 4)) != scale:
+        raise OptionError(f"the ugtsr model '{name}' is x{data.get('scale')}, not x{scale}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise OptionError(f"unknown device '{device}'") from e
+    return UGTSR.from_pretrained(folder, device=dev)
+
+
+def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> UGTSRMethod:
+    """Build UGTSR for ``scale`` from ``weights`` (a saved folder; None = the bundled default)."""
+    known = {"top_k", "tile", "tile_overlap"}
+    unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
+    if unknown:
+        raise OptionError(f"ugtsr does not take the option(s): {', '.join(unknown)} (it takes {', '.join(sorted(known))})")
+    model = load_model(weights, int(scale), device)
+    top_k = options.get("top_k")
+    if top_k is not None:
+        top_k = _as_int("top_k", top_k, 1)
+        if top_k not in (1, model.config.top_k):
+            raise OptionError(
+                f"this ugtsr model was trained with top_k={model.config.top_k}: use top_k={model.config.top_k} "
+                f"or top_k=1 (plain nearest matching), not {top_k}"
+            )
+    overlap = options.get("tile_overlap")
+    return UGTSRMethod(
+        model,
+        top_k=top_k,
+        tile=_tile(options.get("tile")),
+        tile_overlap=DEFAULT_OVERLAP if overlap is None else _as_int("tile_overlap", overlap, 0),
+    )
+
+
+__all__ = ["AUTO_TILE", "DEFAULT_WEIGHTS", "UGTSRMethod", "build", "load_model"]
