@@ -38,7 +38,7 @@ from tokensr.inference.patches import aggregate_patches
 from tokensr.methods.realsrt.figure import save_step_figure
 from tokensr.methods.realsrt.model import Condition, RealSRT
 from tokensr.methods.realsrt.sampling import CONFIDENCES, ROUNDINGS, GenerationResult
-from tokensr.pretrained import WeightsNotFoundError, read_config, resolve
+from tokensr.methods.loading import as_int, load_saved_model
 
 log = logging.getLogger(__name__)
 
@@ -196,16 +196,6 @@ def _as_bool(name: str, value: Any) -> bool:
     raise OptionError(f"option {name} must be true or false, got '{value}'")
 
 
-def _as_int(name: str, value: Any, minimum: int = 1) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise OptionError(f"option {name} must be an integer, got '{value}'") from None
-    if n < minimum or float(value) != n:
-        raise OptionError(f"option {name} must be an integer >= {minimum}, got '{value}'")
-    return n
-
-
 def _as_float(name: str, value: Any, minimum: float = 0.0) -> float:
     try:
         x = float(value)
@@ -225,25 +215,7 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 
 def load_model(weights: str | None, scale: int, device: str | torch.device = "cpu") -> RealSRT:
     """Load a saved RealSRT folder (or the bundled default for ``scale``) onto ``device``."""
-    name = weights if weights is not None else DEFAULT_WEIGHTS.get(scale)
-    if name is None:
-        raise OptionError(f"realsrt supports x4 and x2, not x{scale}")
-    try:
-        folder = resolve(name)
-    except WeightsNotFoundError as e:
-        if weights is None:
-            raise OptionError(f"no bundled weights for realsrt x{scale} yet; pass --weights FOLDER") from None
-        raise OptionError(str(e)) from None
-    data = read_config(folder)
-    if data.get("model_type") != RealSRT.model_type:
-        raise OptionError(f"'{name}' holds a {data.get('model_type')} model, not a realsrt model")
-    if int(data.get("scale", 4)) != scale:
-        raise OptionError(f"the realsrt model '{name}' is x{data.get('scale')}, not x{scale}")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise OptionError(f"unknown device '{device}'") from e
-    return RealSRT.from_pretrained(folder, device=dev)
+    return load_saved_model(RealSRT, weights, scale, DEFAULT_WEIGHTS, device)
 
 
 def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> RealSRTMethod:
@@ -265,26 +237,26 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
     use_ccm = _as_bool("ccm", opts.get("ccm", model.ccm is not None))
     if use_ccm and model.ccm is None:
         raise OptionError("this realsrt model has no CCM; pass ccm=false or train the CCM stage")
-    patch = _as_int("patch", opts.get("patch", model.config.lr_patch))
+    patch = as_int("patch", opts.get("patch", model.config.lr_patch))
     f = model.tokenizer.factor
     if (patch * model.scale) % f:
         raise OptionError(f"patch {patch} times the scale {model.scale} must be a multiple of the tokenizer factor {f}")
-    stride = _as_int("stride", opts.get("stride", default_stride(model, patch)))
+    stride = as_int("stride", opts.get("stride", default_stride(model, patch)))
     if stride > patch:
         raise OptionError(f"stride {stride} must not exceed the patch size {patch}")
     save_steps = _save_steps_target(opts.get("save_steps"))
     return RealSRTMethod(
         model,
-        steps=_as_int("steps", opts.get("steps", 4)),
+        steps=as_int("steps", opts.get("steps", 4)),
         confidence=confidence,
         use_ccm=use_ccm,
         patch=patch,
         stride=stride,
-        batch=_as_int("batch", opts.get("batch", 8)),
+        batch=as_int("batch", opts.get("batch", 8)),
         color=_choice("color_fix", opts.get("color_fix", "adain"), COLOR_FIXES),
         rounding=_choice("rounding", opts.get("rounding", "ceil"), ROUNDINGS),
         temperature=_as_float("temperature", opts.get("temperature", 0.0)),
-        seed=_as_int("seed", opts.get("seed", 0), minimum=0),
+        seed=as_int("seed", opts.get("seed", 0), minimum=0),
         save_steps=save_steps,
     )
 

@@ -21,7 +21,7 @@ import torch
 
 from tokensr.errors import OptionError
 from tokensr.methods.ugtsr.model import UGTSR
-from tokensr.pretrained import WeightsNotFoundError, read_config, resolve
+from tokensr.methods.loading import as_int, load_saved_model
 
 # bundled default per scale (trained by the lead; see docs/ugtsr.md)
 DEFAULT_WEIGHTS: dict[int, str] = {4: "ugtsr-small-x4", 2: "ugtsr-small-x2"}
@@ -84,15 +84,6 @@ class _Pass:
 
 
 # --- options -------------------------------------------------------------------------------------
-def _as_int(name: str, value: Any, minimum: int) -> int:
-    try:
-        n = int(value)
-        exact = float(value) == n
-    except (TypeError, ValueError):
-        raise OptionError(f"option {name} must be an integer, got '{value}'") from None
-    if n < minimum or not exact:
-        raise OptionError(f"option {name} must be an integer >= {minimum}, got '{value}'")
-    return n
 
 
 def _tile(value: Any) -> int | None:
@@ -100,7 +91,7 @@ def _tile(value: Any) -> int | None:
         return AUTO_TILE
     if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "none", "false")):
         return None
-    n = _as_int("tile", value, 0)
+    n = as_int("tile", value, 0)
     if n and n < 8:
         raise OptionError(f"option tile must be 0 (off) or at least 8 LR pixels, got {n}")
     return n or None
@@ -108,25 +99,7 @@ def _tile(value: Any) -> int | None:
 
 def load_model(weights: str | None, scale: int, device: str | torch.device = "cpu") -> UGTSR:
     """Load a saved UGTSR folder (or the bundled default for ``scale``) onto ``device``."""
-    name = weights if weights is not None else DEFAULT_WEIGHTS.get(scale)
-    if name is None:
-        raise OptionError(f"ugtsr supports x4 and x2, not x{scale}")
-    try:
-        folder = resolve(name)
-    except WeightsNotFoundError as e:
-        if weights is None:
-            raise OptionError(f"no bundled weights for ugtsr x{scale} yet; pass --weights FOLDER") from None
-        raise OptionError(str(e)) from None
-    data = read_config(folder)
-    if data.get("model_type") != UGTSR.model_type:
-        raise OptionError(f"'{name}' holds a {data.get('model_type')} model, not a ugtsr model")
-    if int(data.get("scale", 4)) != scale:
-        raise OptionError(f"the ugtsr model '{name}' is x{data.get('scale')}, not x{scale}")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise OptionError(f"unknown device '{device}'") from e
-    return UGTSR.from_pretrained(folder, device=dev)
+    return load_saved_model(UGTSR, weights, scale, DEFAULT_WEIGHTS, device)
 
 
 def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> UGTSRMethod:
@@ -138,7 +111,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
     model = load_model(weights, int(scale), device)
     top_k = options.get("top_k")
     if top_k is not None:
-        top_k = _as_int("top_k", top_k, 1)
+        top_k = as_int("top_k", top_k, 1)
         if top_k not in (1, model.config.top_k):
             raise OptionError(
                 f"this ugtsr model was trained with top_k={model.config.top_k}: use top_k={model.config.top_k} "
@@ -149,7 +122,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         model,
         top_k=top_k,
         tile=_tile(options.get("tile")),
-        tile_overlap=DEFAULT_OVERLAP if overlap is None else _as_int("tile_overlap", overlap, 0),
+        tile_overlap=DEFAULT_OVERLAP if overlap is None else as_int("tile_overlap", overlap, 0),
     )
 
 

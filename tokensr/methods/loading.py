@@ -1,0 +1,54 @@
+"""What every learned method's factory shares: finding and checking its saved weights, and
+turning option values (which arrive from the CLI or the benchmark as strings) into numbers."""
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import torch
+
+from tokensr.errors import OptionError
+from tokensr.pretrained import WeightsNotFoundError, read_config, resolve
+
+M = TypeVar("M")
+
+
+def load_saved_model(
+    cls: type[M], weights: str | None, scale: int, defaults: dict[int, str], device: str | torch.device = "cpu"
+) -> M:
+    """Load a saved ``cls`` folder (``weights``; None = the bundled default for ``scale``).
+
+    Every failure is an OptionError with one clear line: unsupported scale, no bundled weights
+    yet, a folder holding another kind of model or another scale, an unknown device.
+    """
+    method = cls.model_type  # type: ignore[attr-defined]
+    name = weights if weights is not None else defaults.get(scale)
+    if name is None:
+        raise OptionError(f"{method} supports {', '.join(f'x{s}' for s in sorted(defaults))}, not x{scale}")
+    try:
+        folder = resolve(name)
+    except WeightsNotFoundError as e:
+        if weights is None:
+            raise OptionError(f"no bundled weights for {method} x{scale} yet; pass --weights FOLDER") from None
+        raise OptionError(str(e)) from None
+    data = read_config(folder)
+    if data.get("model_type") != method:
+        raise OptionError(f"'{name}' holds a {data.get('model_type')} model, not a {method} model")
+    if int(data.get("scale", 4)) != scale:
+        raise OptionError(f"the {method} model '{name}' is x{data.get('scale')}, not x{scale}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise OptionError(f"unknown device '{device}'") from e
+    return cls.from_pretrained(folder, device=dev)  # type: ignore[attr-defined,no-any-return]
+
+
+def as_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an integer >= ``minimum`` ("4" and 4.0 are fine, "4.5" is not)."""
+    try:
+        n = int(value)
+        exact = float(value) == n
+    except (TypeError, ValueError):
+        raise OptionError(f"option {name} must be an integer, got '{value}'") from None
+    if n < minimum or not exact:
+        raise OptionError(f"option {name} must be an integer >= {minimum}, got '{value}'")
+    return n
