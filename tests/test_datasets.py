@@ -195,3 +195,31 @@ def test_read_rgb_handles_gray_alpha_and_garbage(tmp_path: Path) -> None:
     assert a.shape == (4, 4, 3) and (a[..., 0] == 200).all() and (a[..., 1:] == 0).all()
     with pytest.raises(ImageReadError):
         read_rgb(tmp_path / "bad.png")
+
+
+WORKERS_AFTER_OPENCV = """
+import sys
+import numpy as np
+from torch.utils.data import DataLoader
+from tokensr.data import build_degradation
+from tokensr.data.datasets import HRCropDataset
+deg = build_degradation("realesrgan")
+img = np.random.default_rng(0).random((256, 256, 3), dtype=np.float32)
+for k in range(4):  # parallel OpenCV calls in the parent before the workers are forked
+    deg(img, np.random.default_rng(k), 4)
+ds = HRCropDataset(sys.argv[1], crop_size=256, scale=4, degradation="realesrgan", length=4)
+print(sum(b["lr"].shape[0] for b in DataLoader(ds, batch_size=2, num_workers=1)))
+"""
+
+
+def test_workers_start_after_opencv_ran_in_the_parent(tmp_path: Path) -> None:
+    # OpenCV's thread pool does not survive fork(); forked workers used to hang forever here
+    # (the crops must be large enough for OpenCV to parallelise its filters).
+    import subprocess
+    import sys
+
+    Image.fromarray(noisy_image(300, 300, 0)).save(tmp_path / "big.png")
+    out = subprocess.run([sys.executable, "-c", WORKERS_AFTER_OPENCV, str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "4"

@@ -127,6 +127,18 @@ def test_jpeg_quality_orders_the_error() -> None:
     assert np.allclose(out * 255, np.rint(out * 255), atol=1e-4)
 
 
+def test_separable_filter_equals_the_direct_2d_filter() -> None:
+    import cv2
+
+    rng = np.random.default_rng(5)
+    img = rng.random((40, 56, 3), dtype=np.float32)
+    kernels = [K.mixed_kernel(rng, K.MixedKernelRanges())[0] for _ in range(12)]
+    kernels += [K.sinc_kernel(13, 1.2), rng.random((7, 7))]  # a full-rank kernel takes the 2-D path
+    for k in kernels:
+        direct = cv2.filter2D(img, cv2.CV_32F, k.astype(np.float32), borderType=cv2.BORDER_REFLECT_101)
+        assert np.abs(ops.filter2d(img, k) - direct).max() < 1e-5
+
+
 def test_usm_sharpen_raises_local_contrast_only_where_detail_is() -> None:
     img = np.full((64, 64, 3), 0.5, np.float32)
     img[:, 32:] = 0.7  # one edge
@@ -236,6 +248,25 @@ def test_lr_size_is_exactly_hr_over_scale(name: str, scale: int, hw: tuple[int, 
         assert np.array_equal(lr * 255, np.rint(lr * 255).astype(np.float32))  # 8-bit grid
     with pytest.raises(ValueError):
         deg(textured(hw[0] + 1, hw[1]), np.random.default_rng(0), scale)
+
+
+def test_a_mapping_overrides_any_range_of_a_pipeline() -> None:
+    spec = {"name": "realesrgan", "final_sinc_prob": 0.0,
+            "pass2": {"jpeg_range": [90, 95], "gaussian_noise_prob": 1.0}, "kernel1": {"sinc_prob": 0.0}}
+    deg = build_degradation(spec)
+    assert isinstance(deg, RealESRGANDegradation)
+    cfg = deg.cfg
+    assert cfg.final_sinc_prob == 0.0 and cfg.pass2.jpeg_range == (90, 95) and cfg.kernel1.sinc_prob == 0.0
+    assert cfg.pass1 == RealESRGANConfig().pass1  # untouched sections keep the published values
+    same = build_degradation(dict(spec))
+    hr = textured(64, 64, 0)
+    assert np.array_equal(deg(hr, np.random.default_rng(1), 4)[0], same(hr, np.random.default_rng(1), 4)[0])
+    plus = build_degradation({"name": "bsrgan_plus", "jpeg_range": [80, 95]})
+    assert isinstance(plus, BSRGANDegradation) and plus.plus
+    with pytest.raises(OptionError, match="pass2.jpeg_rnage.*did you mean 'jpeg_range'"):
+        build_degradation({"name": "realesrgan", "pass2": {"jpeg_rnage": [1, 2]}})
+    with pytest.raises(OptionError, match="needs a 'name'"):
+        build_degradation({"final_sinc_prob": 0.5})
 
 
 def test_unknown_pipeline_is_an_option_error() -> None:

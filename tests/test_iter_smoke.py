@@ -1,5 +1,6 @@
-"""End-to-end smoke test of ITER on tiny random networks (save -> build -> upscale) and the
-start-step rule's monotonicity in alpha."""
+"""End-to-end smoke test of ITER on tiny random networks (save -> build -> upscale), the
+start-step rule's monotonicity in alpha, and the inference options (alpha, steps, adaptive)
+reaching the sampler through the method factory, tokensr.load and the upscale CLI."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,3 +39,90 @@ def test_start_step_is_monotone_in_alpha() -> None:
     steps = [int(start_step(good, alpha, 8)) for alpha in (0.1, 0.3, 0.5, 0.7, 0.9)]
     assert steps == sorted(steps)  # a stricter threshold keeps fewer tokens -> more steps to run
     assert all(0 <= s <= 8 for s in steps)
+
+
+# --- options reach the sampler through the method, the API and the CLI -------------------------
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = ITER.from_preset("tiny", tiny_tokenizer(), scale=4)  # defaults: steps 8, alpha 0.5
+    folder = tmp_path_factory.mktemp("iter-api") / "iter"
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def sampler_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float, bool]]:
+    """Records (steps, alpha, adaptive) of every call of Algorithm 2, which still runs."""
+    import tokensr.methods.iter.model as model_module
+
+    calls: list[tuple[int, float, bool]] = []
+    real = model_module.adaptive_refine
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((kwargs["steps"], kwargs["alpha"], kwargs["adaptive"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "adaptive_refine", spy)
+    return calls
+
+
+def test_alpha_and_steps_reach_the_sampler_through_load(
+    tiny_folder: Path, sampler_calls: list[tuple[int, float, bool]]
+) -> None:
+    import tokensr
+    from tokensr.errors import OptionError
+    from tokensr.methods import build_method
+
+    lr = torch.rand(1, 3, 8, 8)
+    method = tokensr.load(str(tiny_folder), alpha=0.25, steps=3)
+    assert method.name == "iter" and method.scale == 4
+    method(lr)
+    assert sampler_calls == [(3, 0.25, True)]
+    sampler_calls.clear()
+    tokensr.load(str(tiny_folder))(lr)
+    assert sampler_calls == [(8, 0.5, True)]  # the model's stored defaults
+    sampler_calls.clear()
+    # strings (as the benchmark passes them) and the plain reverse process
+    plain = build_method("iter", weights=str(tiny_folder), steps="2", alpha="0.9", adaptive="false")
+    info = plain.upscale_with_info(lr)  # type: ignore[attr-defined]
+    assert sampler_calls == [(2, 0.9, False)] and info.start_steps == [2]
+    # alpha decides how many steps actually run: 0 trusts every token of S_l, 1 (almost) none
+    assert tokensr.load(str(tiny_folder), alpha=0.0).upscale_with_info(lr).start_steps == [1]  # type: ignore[attr-defined]
+    assert tokensr.load(str(tiny_folder), alpha=1.0, steps=5).upscale_with_info(lr).start_steps == [5]  # type: ignore[attr-defined]
+    for bad in ({"alpha": 1.5}, {"steps": 0}, {"steps": "2.5"}, {"adaptive": "maybe"}, {"gamma": 1}):
+        with pytest.raises(OptionError):
+            tokensr.load(str(tiny_folder), **bad)
+
+
+def test_alpha_and_steps_reach_the_sampler_through_the_cli(
+    tiny_folder: Path, sampler_calls: list[tuple[int, float, bool]], tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from tokensr.cli import main
+
+    src = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)).save(src)
+    out = tmp_path / "out.png"
+    rc = main(["upscale", str(src), "-o", str(out), "--weights", str(tiny_folder), "--alpha", "0.3", "--steps", "2", "-q"])
+    assert rc == 0 and Image.open(out).size == (48, 32)
+    assert sampler_calls == [(2, 0.3, True)]
+    assert main(["upscale", str(src), "-o", str(tmp_path / "bad.png"), "--weights", str(tiny_folder), "--alpha", "2"]) == 2
+
+
+def test_wrong_weights_are_clear_errors(tiny_folder: Path) -> None:
+    from tokensr.errors import OptionError
+    from tokensr.methods.iter.method import build
+
+    with pytest.raises(OptionError, match="x4, not x2"):
+        build(scale=2, weights=str(tiny_folder))
+    with pytest.raises(OptionError, match="not x3"):
+        build(scale=3, weights=None)
+    from tokensr.pretrained import WeightsNotFoundError, resolve
+
+    try:
+        resolve("iter-small-x4")
+    except WeightsNotFoundError:  # until the weights are bundled
+        with pytest.raises(OptionError, match="no bundled weights"):
+            build(scale=4, weights=None)

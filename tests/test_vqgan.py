@@ -99,10 +99,16 @@ def test_task_init_from_loads_strictly(tmp_path: Path) -> None:
     for k, v in src.state_dict().items():
         assert torch.equal(own[k], v), k
     assert set(task.modules()) == {"vqgan"}  # no discriminator with gan: 0
-    # a model section that disagrees with the folder is refused
-    with pytest.raises(OptionError, match="codebook_size"):
-        VQGANTask({"init_from": str(tmp_path / "boot"), "model": {"preset": "small", "ch": 8, "ch_mult": [1, 2],
-                   "num_res_blocks": 1, "mid_attention": False, "code_dim": 8, "codebook_size": 32}}, "cpu")
+    # a model section whose sizes disagree with the folder's weights is refused
+    tiny = {"preset": "small", "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "mid_attention": False,
+            "code_dim": 8}
+    with pytest.raises(OptionError, match="do not fit the model section"):
+        VQGANTask({"init_from": str(tmp_path / "boot"), "model": {**tiny, "codebook_size": 32}}, "cpu")
+    # one that only changes weight-free options takes the weights into its own architecture
+    task = VQGANTask({"init_from": str(tmp_path / "boot"), "losses": {"gan": 0},
+                      "model": {**tiny, "codebook_size": 16, "min_group_channels": 4}}, "cpu")
+    assert task.model.config.min_group_channels == 4 and task.model.encoder.norm_out.num_groups == 4
+    assert all(torch.equal(task.model.state_dict()[k], v) for k, v in src.state_dict().items())
     # a weight file missing a tensor fails (strict), it is not silently half-loaded
     from safetensors.torch import load_file, save_file
 
@@ -111,6 +117,27 @@ def test_task_init_from_loads_strictly(tmp_path: Path) -> None:
     save_file(state, str(tmp_path / "boot" / "model.safetensors"))
     with pytest.raises(OptionError, match="conv_out"):
         VQGANTask({"init_from": str(tmp_path / "boot")}, "cpu")
+
+
+def test_group_norm_keeps_enough_channels_per_group() -> None:
+    from tokensr.nn.blocks import group_norm
+
+    assert group_norm(128).num_groups == 32 and group_norm(32).num_groups == 32  # taming's GN32
+    assert group_norm(32, min_group_channels=8).num_groups == 4
+    assert group_norm(24, min_group_channels=8).num_groups == 3
+    assert group_norm(4, min_group_channels=8).num_groups == 1
+    small = VQGAN(PRESETS["small"])  # 32-channel full-resolution layers: 4 groups of 8, not InstanceNorm
+    assert small.decoder.norm_out.num_groups == 4 and small.encoder.norm_out.num_groups == 16
+    # a global colour cast reaches the output through the normalised layers (it would not
+    # under InstanceNorm, which removes each channel's mean)
+    torch.manual_seed(0)
+    cfg = VQGANConfig(ch=8, ch_mult=(1,), num_res_blocks=1, mid_attention=False, code_dim=4, codebook_size=8)
+    norm = VQGAN(VQGANConfig(**{**cfg.__dict__, "min_group_channels": 4})).decoder.norm_out
+    inst = VQGAN(cfg).decoder.norm_out
+    x = torch.randn(1, 8, 6, 6)
+    shifted = x + torch.linspace(-1, 1, 8).view(1, 8, 1, 1)  # per-channel offsets
+    assert torch.allclose(inst(x), inst(shifted), atol=1e-4)
+    assert not torch.allclose(norm(x), norm(shifted), atol=1e-2)
 
 
 def test_task_rejects_unknown_keys() -> None:

@@ -269,17 +269,25 @@ class HRCropDataset(Dataset):
         atomic_write_bytes(path, lambda p: Path(p).write_bytes(buf.getvalue()))
         return out
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    #: ``dataset[(epoch, index)]`` is item ``index`` of ``epoch`` whatever ``set_epoch`` said, so
+    #: a loader with persistent workers (whose copies never see ``set_epoch``) can change
+    #: epochs and keep the workers' decoded-image LRUs warm (tokensr.train.data.DataStream)
+    accepts_epoch_index = True
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch = self.epoch
+        if isinstance(index, tuple):
+            epoch, index = int(index[0]), int(index[1])
         if not 0 <= index < self.length:
             raise IndexError(index)
         _single_thread_in_workers()
         if self.cache_dir is not None:
-            pair = self._cached_pair(index, self.epoch % self.cache_variants)
+            pair = self._cached_pair(index, epoch % self.cache_variants)
         else:
-            pair = self._make_pair(index, self.epoch)
+            pair = self._make_pair(index, epoch)
         arrays = {k: v for k, v in pair.items() if k != "weight"}
         if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+            rng = np.random.default_rng([self.seed, epoch, index, 1])
             flip = bool(rng.integers(2))
             rot = int(rng.integers(4))
             arrays = {k: dihedral(v, flip, rot) for k, v in arrays.items()}

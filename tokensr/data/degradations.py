@@ -7,7 +7,9 @@ JSON-serialisable dict of everything that was drawn.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+import dataclasses
+import difflib
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -33,12 +35,47 @@ _FACTORIES: dict[str, Callable[[], Degradation]] = {
 DEGRADATIONS: tuple[str, ...] = tuple(_FACTORIES)
 
 
-def build_degradation(name: str | Degradation) -> Degradation:
-    """Return the pipeline called ``name`` with its published defaults (a callable passes
-    through unchanged, so configs with custom ranges can be given directly)."""
-    if not isinstance(name, str):
-        return name
-    key = name.lower().replace("-", "_")
+def _override(obj: Any, values: Mapping[str, Any], where: str) -> Any:
+    """``dataclasses.replace`` that recurses into nested config dataclasses (lists -> tuples)."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
+            raise OptionError(f"unknown degradation option '{where}{key}'{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            changes[key] = _override(current, value, f"{where}{key}.")
+        elif isinstance(value, list):
+            changes[key] = tuple(value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(obj, **changes)
+
+
+def build_degradation(spec: str | Mapping[str, Any] | Degradation) -> Degradation:
+    """Return a degradation pipeline.
+
+    ``spec`` is a name (the published defaults), a mapping ``{name: NAME, **overrides}`` whose
+    other keys override fields of that pipeline's config dataclass (nested sections as nested
+    mappings, e.g. ``{name: realesrgan, pass2: {jpeg_range: [60, 95]}, final_sinc_prob: 0.5}``;
+    this is how a YAML training config changes any range), or a callable, returned unchanged.
+    """
+    if isinstance(spec, Mapping):
+        values = dict(spec)
+        if "name" not in values:
+            raise OptionError(f"a degradation mapping needs a 'name' ({', '.join(DEGRADATIONS)})")
+        name = str(values.pop("name"))
+        key = name.lower().replace("-", "_")
+        if key not in _FACTORIES:
+            raise OptionError(f"unknown degradation '{name}'; choose one of: {', '.join(DEGRADATIONS)}")
+        if key == "realesrgan":
+            return RealESRGANDegradation(_override(RealESRGANConfig(), values, ""))
+        return BSRGANDegradation(_override(BSRGANConfig(), values, ""), plus=key == "bsrgan_plus")
+    if not isinstance(spec, str):
+        return spec
+    key = spec.lower().replace("-", "_")
     if key not in _FACTORIES:
-        raise OptionError(f"unknown degradation '{name}'; choose one of: {', '.join(DEGRADATIONS)}")
+        raise OptionError(f"unknown degradation '{spec}'; choose one of: {', '.join(DEGRADATIONS)}")
     return _FACTORIES[key]()

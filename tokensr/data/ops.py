@@ -11,6 +11,11 @@ import math
 import cv2
 import numpy as np
 
+# OpenCV's own thread pool does not survive fork(): once a parallel OpenCV call has run in a
+# process, DataLoader workers forked from it hang on their first parallel call. Parallelism
+# here comes from DataLoader workers, so OpenCV runs single-threaded in every process.
+cv2.setNumThreads(1)
+
 #: OpenCV interpolation flags by the names used in the configs and in the params JSON
 RESIZE_MODES: dict[str, int] = {
     "area": cv2.INTER_AREA,
@@ -44,9 +49,27 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def filter2d(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Correlate every channel with ``kernel`` using reflect-101 borders (as torch 'reflect')."""
-    return cv2.filter2D(img, cv2.CV_32F, kernel.astype(np.float32), borderType=cv2.BORDER_REFLECT_101)
+def filter2d(img: np.ndarray, kernel: np.ndarray, rank_tol: float = 1e-6) -> np.ndarray:
+    """Correlate every channel with ``kernel`` using reflect-101 borders (as torch 'reflect').
+
+    Most blur kernels are (nearly) separable: an SVD ``K = sum_i s_i u_i v_i^T`` cut where
+    ``s_i < rank_tol * s_0`` turns one k x k filter into a few 1-D passes (2k taps each),
+    about twice as fast over the mix of Real-ESRGAN kernels and equal to the direct filter to
+    float32 round-off (< 1e-6). Kernels of high rank go through the direct 2-D filter.
+    """
+    k32 = np.ascontiguousarray(kernel, dtype=np.float32)
+    border = cv2.BORDER_REFLECT_101
+    u, s, vt = np.linalg.svd(kernel.astype(np.float64))
+    rank = int((s > s[0] * rank_tol).sum()) if s[0] > 0 else 0
+    if rank == 0 or 2 * rank * (kernel.shape[0] + kernel.shape[1]) >= 2 * kernel.size:
+        return cv2.filter2D(img, cv2.CV_32F, k32, borderType=border)
+    out = None
+    for i in range(rank):
+        rows = np.ascontiguousarray(vt[i] * s[i], dtype=np.float32)  # along x
+        cols = np.ascontiguousarray(u[:, i], dtype=np.float32)  # along y
+        part = cv2.sepFilter2D(img, cv2.CV_32F, rows, cols, borderType=border)
+        out = part if out is None else out + part
+    return out
 
 
 def resize(img: np.ndarray, out_hw: tuple[int, int], mode: str) -> np.ndarray:

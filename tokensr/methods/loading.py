@@ -32,7 +32,7 @@ def load_saved_model(
         raise OptionError(str(e)) from None
     data = read_config(folder)
     if data.get("model_type") != method:
-        raise OptionError(f"'{name}' holds a {data.get('model_type')} model, not a {method} model")
+        raise OptionError(f"'{name}' holds a '{data.get('model_type')}' model, not '{method}'")
     if int(data.get("scale", 4)) != scale:
         raise OptionError(f"the {method} model '{name}' is x{data.get('scale')}, not x{scale}")
     try:

@@ -10,21 +10,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with the largest group count <= max_groups that divides ``channels``."""
-    groups = max_groups
+def group_norm(channels: int, max_groups: int = 32, min_group_channels: int = 1) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= max_groups that divides ``channels`` and
+    leaves at least ``min_group_channels`` channels in each group.
+
+    With one channel per group GroupNorm is InstanceNorm: it removes every channel's mean and
+    scale over the image, so a narrow network (32 channels under GN32) cannot carry a patch's
+    absolute colour or brightness through its normalised branches. Small models therefore
+    ask for a few channels per group; taming's GN32 is the default.
+    """
+    groups = max(1, min(max_groups, channels // max(1, min_group_channels)))
     while channels % groups:
         groups -= 1
     return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0, min_group_channels: int = 1
+    ) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, min_group_channels=min_group_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, min_group_channels=min_group_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -38,9 +47,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all spatial positions, with a residual connection."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, min_group_channels: int = 1) -> None:
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, min_group_channels=min_group_channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 

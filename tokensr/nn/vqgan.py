@@ -35,6 +35,9 @@ class VQGANConfig:
     ema: bool = True
     ema_decay: float = 0.99
     dropout: float = 0.0
+    # at least this many channels per GroupNorm group (1 = taming's GN32 everywhere; see
+    # tokensr.nn.blocks.group_norm for why narrow models need more)
+    min_group_channels: int = 1
 
     @property
     def factor(self) -> int:
@@ -46,7 +49,7 @@ PRESETS: dict[str, VQGANConfig] = {
     "paper": VQGANConfig(ch=128, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_levels=(3,),
                          code_dim=256, codebook_size=512),
     "small": VQGANConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_levels=(),
-                         mid_attention=False, code_dim=64, codebook_size=1024),
+                         mid_attention=False, code_dim=64, codebook_size=1024, min_group_channels=8),
 }
 
 
@@ -54,6 +57,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VQGANConfig) -> None:
         super().__init__()
         chs = [cfg.ch * m for m in cfg.ch_mult]
+        g = cfg.min_group_channels
         self.conv_in = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)
         self.down = nn.ModuleList()
         c_in = chs[0]
@@ -62,17 +66,17 @@ class Encoder(nn.Module):
             stage.blocks = nn.ModuleList()
             stage.attn = nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                stage.blocks.append(ResnetBlock(c_in, c_out, cfg.dropout))
-                stage.attn.append(AttnBlock(c_out) if level in cfg.attn_levels else nn.Identity())
+                stage.blocks.append(ResnetBlock(c_in, c_out, cfg.dropout, g))
+                stage.attn.append(AttnBlock(c_out, g) if level in cfg.attn_levels else nn.Identity())
                 c_in = c_out
             stage.downsample = Downsample(c_out) if level < len(chs) - 1 else nn.Identity()
             self.down.append(stage)
         self.mid = nn.Sequential(
-            ResnetBlock(c_in, c_in, cfg.dropout),
-            AttnBlock(c_in) if cfg.mid_attention else nn.Identity(),
-            ResnetBlock(c_in, c_in, cfg.dropout),
+            ResnetBlock(c_in, c_in, cfg.dropout, g),
+            AttnBlock(c_in, g) if cfg.mid_attention else nn.Identity(),
+            ResnetBlock(c_in, c_in, cfg.dropout, g),
         )
-        self.norm_out = group_norm(c_in)
+        self.norm_out = group_norm(c_in, min_group_channels=g)
         self.conv_out = nn.Conv2d(c_in, cfg.code_dim, 3, padding=1)
         self.out_channels = c_in
 
@@ -94,11 +98,12 @@ class Decoder(nn.Module):
         super().__init__()
         chs = [cfg.ch * m for m in cfg.ch_mult]
         c = chs[-1]
+        g = cfg.min_group_channels
         self.conv_in = nn.Conv2d(cfg.code_dim, c, 3, padding=1)
         self.mid = nn.Sequential(
-            ResnetBlock(c, c, cfg.dropout),
-            AttnBlock(c) if cfg.mid_attention else nn.Identity(),
-            ResnetBlock(c, c, cfg.dropout),
+            ResnetBlock(c, c, cfg.dropout, g),
+            AttnBlock(c, g) if cfg.mid_attention else nn.Identity(),
+            ResnetBlock(c, c, cfg.dropout, g),
         )
         # up[0] works at the lowest resolution, up[-1] at full resolution.
         self.up = nn.ModuleList()
@@ -107,12 +112,12 @@ class Decoder(nn.Module):
             stage.blocks = nn.ModuleList()
             stage.attn = nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                stage.blocks.append(ResnetBlock(c, chs[level], cfg.dropout))
-                stage.attn.append(AttnBlock(chs[level]) if level in cfg.attn_levels else nn.Identity())
+                stage.blocks.append(ResnetBlock(c, chs[level], cfg.dropout, g))
+                stage.attn.append(AttnBlock(chs[level], g) if level in cfg.attn_levels else nn.Identity())
                 c = chs[level]
             stage.upsample = Upsample(c) if level > 0 else nn.Identity()
             self.up.append(stage)
-        self.norm_out = group_norm(c)
+        self.norm_out = group_norm(c, min_group_channels=g)
         self.conv_out = nn.Conv2d(c, cfg.in_channels, 3, padding=1)
 
     def run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,10 @@ interrupted epoch is re-created and the consumed batches skipped, without loadin
 
 Datasets with ``set_epoch(epoch)`` (e.g. :class:`tokensr.data.datasets.HRCropDataset`) are told
 the epoch before each pass, so crops and degradations change between epochs. Resume is exact
-when items are pure functions of (seed, epoch, index), as HRCropDataset's are.
+when items are pure functions of (seed, epoch, index), as HRCropDataset's are. Datasets that
+also take ``dataset[(epoch, index)]`` (``accepts_epoch_index``) are served by one DataLoader
+whose workers persist across epochs, so their caches (HRCropDataset's decoded photos) stay
+warm instead of being rebuilt by new workers every epoch.
 """
 from __future__ import annotations
 
@@ -44,6 +47,16 @@ class ShardSampler(Sampler[int]):
         return max(0, self.length // self.world - self.start)
 
 
+class EpochTaggedSampler(ShardSampler):
+    """A :class:`ShardSampler` that yields ``(epoch, index)`` and can be moved to another epoch,
+    for datasets with ``accepts_epoch_index``: one DataLoader with persistent workers then
+    serves every epoch."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        return iter((epoch, int(i)) for i in self.indices()[self.start :])
+
+
 class DataStream:
     """Endless batches for one rank with a saveable position."""
 
@@ -64,6 +77,11 @@ class DataStream:
         self.epoch = 0
         self.batch_in_epoch = 0
         self._it: Iterator[Any] | None = None
+        # Workers that live across epochs keep what they cached (decoded photos): used when the
+        # dataset takes (epoch, index) items, since persistent workers never see set_epoch.
+        self.persistent = bool(num_workers > 0 and getattr(dataset, "accepts_epoch_index", False))
+        self._loader: DataLoader[Any] | None = None
+        self._sampler: EpochTaggedSampler | None = None
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
@@ -78,9 +96,24 @@ class DataStream:
     def _start_epoch(self) -> None:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
+        start = self.batch_in_epoch * self.batch_size
+        if self.persistent:
+            if self._loader is None:
+                self._sampler = EpochTaggedSampler(self.length, self.rank, self.world, self.seed, self.epoch,
+                                                   start=start, shuffle=self.shuffle)
+                gen = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, self.rank, 7]).integers(2**62)))
+                self._loader = DataLoader(
+                    self.dataset, batch_size=self.batch_size, sampler=self._sampler, drop_last=True,
+                    num_workers=self.num_workers, pin_memory=self.pin_memory, generator=gen,
+                    persistent_workers=True,
+                )
+            assert self._sampler is not None
+            self._sampler.epoch, self._sampler.start = self.epoch, start
+            self._it = iter(self._loader)
+            return
         sampler = ShardSampler(
             self.length, self.rank, self.world, self.seed, self.epoch,
-            start=self.batch_in_epoch * self.batch_size, shuffle=self.shuffle,
+            start=start, shuffle=self.shuffle,
         )
         # DataLoader worker seeds depend on the epoch and rank only (reproducible across resumes
         # for datasets that are pure functions of the index)
@@ -105,6 +138,7 @@ class DataStream:
 
     def close(self) -> None:
         self._it = None
+        self._loader = None  # lets persistent workers shut down
 
 
-__all__ = ["DataStream", "ShardSampler"]
+__all__ = ["DataStream", "EpochTaggedSampler", "ShardSampler"]

@@ -40,7 +40,7 @@ import torch
 from tokensr.errors import OptionError
 from tokensr.inference.tiling import pad_to_multiple, upscale_tiled
 from tokensr.methods.iter.model import ITER
-from tokensr.pretrained import WeightsNotFoundError, read_config, resolve
+from tokensr.methods.loading import as_int, load_saved_model
 
 log = logging.getLogger(__name__)
 
@@ -247,17 +247,6 @@ def _as_bool(name: str, value: Any) -> bool:
     raise OptionError(f"option {name} must be true or false, got '{value}'")
 
 
-def _as_int(name: str, value: Any, minimum: int = 1) -> int:
-    try:
-        n = int(value)
-        exact = float(value) == n
-    except (TypeError, ValueError):
-        raise OptionError(f"option {name} must be an integer, got '{value}'") from None
-    if n < minimum or not exact:
-        raise OptionError(f"option {name} must be an integer >= {minimum}, got '{value}'")
-    return n
-
-
 def _as_float(name: str, value: Any, low: float, high: float | None = None) -> float:
     try:
         x = float(value)
@@ -284,25 +273,7 @@ def _save_steps_target(value: Any) -> str | None:
 
 def load_model(weights: str | None, scale: int, device: str | torch.device = "cpu") -> ITER:
     """Load a saved ITER folder (or the bundled default for ``scale``) onto ``device``."""
-    name = weights if weights is not None else DEFAULT_WEIGHTS.get(scale)
-    if name is None:
-        raise OptionError(f"iter supports x4 and x2, not x{scale}")
-    try:
-        folder = resolve(name)
-    except WeightsNotFoundError as e:
-        if weights is None:
-            raise OptionError(f"no bundled weights for iter x{scale} yet; pass --weights FOLDER") from None
-        raise OptionError(str(e)) from None
-    data = read_config(folder)
-    if data.get("model_type") != ITER.model_type:
-        raise OptionError(f"'{name}' holds a {data.get('model_type')} model, not an iter model")
-    if int(data.get("scale", 4)) != scale:
-        raise OptionError(f"the iter model '{name}' is x{data.get('scale')}, not x{scale}")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise OptionError(f"unknown device '{device}'") from e
-    return ITER.from_pretrained(folder, device=dev)
+    return load_saved_model(ITER, weights, scale, DEFAULT_WEIGHTS, device)
 
 
 KNOWN_OPTIONS = ("steps", "alpha", "adaptive", "sample", "temperature", "seed", "tile", "tile_overlap", "save_steps")
@@ -317,19 +288,19 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
     model = load_model(weights, int(scale), device)
     if not model.can_refine:
         log.warning("this iter model has no refinement/evaluation networks: output is the LQ encoder's tokens only")
-    tile = _as_int("tile", opts["tile"], minimum=0) if "tile" in opts else None
+    tile = as_int("tile", opts["tile"], minimum=0) if "tile" in opts else None
     if tile is not None and 0 < tile < 8:
         raise OptionError(f"option tile must be 0 (off) or at least 8 px, got {tile}")
     return ITERMethod(
         model,
-        steps=_as_int("steps", opts.get("steps", model.config.steps)),
+        steps=as_int("steps", opts.get("steps", model.config.steps)),
         alpha=_as_float("alpha", opts.get("alpha", model.config.alpha), 0.0, 1.0),
         adaptive=_as_bool("adaptive", opts.get("adaptive", True)),
         sample=_as_bool("sample", opts.get("sample", False)),
         temperature=_as_float("temperature", opts.get("temperature", 1.0), 0.0),
-        seed=_as_int("seed", opts.get("seed", 0), minimum=0),
+        seed=as_int("seed", opts.get("seed", 0), minimum=0),
         tile=tile,
-        tile_overlap=_as_int("tile_overlap", opts["tile_overlap"], minimum=0) if "tile_overlap" in opts else None,
+        tile_overlap=as_int("tile_overlap", opts["tile_overlap"], minimum=0) if "tile_overlap" in opts else None,
         save_steps=_save_steps_target(opts.get("save_steps")),
     )
 

@@ -406,7 +406,7 @@ class _Stage:
         self.model.config.training = {
             "stage": self.stage,
             "uncertainty_loss": self._uncertainty_loss_name(),
-            "degradation": deg if isinstance(deg, str) else type(deg).__name__,
+            "degradation": deg if isinstance(deg, (str, dict)) else type(deg).__name__,
             "crop_size": int(data.get("crop_size", 128)),
             "perceptual_loss": type(self.perceptual).__name__ if self.perceptual is not None else "none",
             "gan": self.w["gan"] if self.discriminator is not None else 0.0,

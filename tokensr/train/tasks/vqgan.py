@@ -9,7 +9,8 @@ discriminator (``discriminator``) is a PatchGAN by default, or the spectral-norm
 Task config keys::
 
     model: {preset: small, ...VQGANConfig overrides}   # or leave out with init_from
-    init_from: FOLDER          # start from a save_pretrained VQGAN folder (strict load)
+    init_from: FOLDER          # start from a save_pretrained VQGAN folder (strict load); with a
+                               # model section too, that section's architecture takes the weights
     data: {root: FOLDER, crop_size: 128, ...HRCropDataset options}
     val: {root: FOLDER (default: the training folder), count: 16, crop_size, images: 4}
     losses: {l1: 1.0, l2: 0.0, ms_ssim: 0.0, perceptual: 0.0, vgg: FILE, codebook: 1.0,
@@ -113,14 +114,17 @@ class VQGANTask:
         except RuntimeError as e:  # strict load: missing / unexpected / mis-shaped tensors
             raise OptionError(f"init_from {init}: weights do not match the VQGAN config ({str(e).splitlines()[0]} {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else ''})") from e
         if self.cfg.get("model") is not None:
-            want = model_config(self.cfg["model"])
-            diff = [f.name for f in dataclasses.fields(VQGANConfig) if getattr(want, f.name) != getattr(model.config, f.name)]
-            if diff:
-                k = diff[0]
+            # the model section sets the architecture; init_from only supplies the weights,
+            # so options without weights of their own (e.g. min_group_channels) can change
+            want = VQGAN(model_config(self.cfg["model"]))
+            try:
+                want.load_state_dict(model.state_dict(), strict=True)
+            except RuntimeError as e:
                 raise OptionError(
-                    f"init_from {init} has {k}={getattr(model.config, k)!r} but the model section asks for "
-                    f"{getattr(want, k)!r}; drop the model section or make it match"
-                )
+                    f"init_from {init}: its weights do not fit the model section ({str(e).splitlines()[0]}); "
+                    "drop the model section or make its sizes match"
+                ) from e
+            model = want
         log.info("VQGAN initialised from %s", init)
         return model
 
