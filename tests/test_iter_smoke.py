@@ -11,12 +11,11 @@ import torch
 from tokensr.methods.iter.model import ITER
 from tokensr.methods.iter.sampling import start_step
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
+from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 
 def tiny_tokenizer() -> VQGAN:
-    torch.manual_seed(0)
-    cfg = VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8, codebook_size=16)
-    return VQGAN(cfg).eval()
+    return _tiny_tokenizer(0, (1, 2, 4), warm=False)
 
 
 @pytest.mark.parametrize("scale", [4, 2])

@@ -15,19 +15,9 @@ from tokensr.errors import OptionError
 from tokensr.methods.iter.model import ITER
 from tokensr.methods.iter.train import LOSS_DEFAULTS, TOP_KEYS, ITERTask, LQEncoderTask, RefineEvalTask
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
+from tiny_models import tiny_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def tiny_tokenizer(seed: int = 0) -> VQGAN:
-    """f=4, K=16; one forward in train mode so the EMA codebook holds real codes."""
-    torch.manual_seed(seed)
-    tok = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8,
-                            codebook_size=16))
-    tok.train()
-    with torch.no_grad():
-        tok(torch.rand(2, 3, 32, 32) * 2 - 1)
-    return tok.eval()
 
 
 def tiny_batch(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:

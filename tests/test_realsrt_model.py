@@ -11,17 +11,11 @@ from tokensr.methods.realsrt.ccm import CCM
 from tokensr.methods.realsrt.model import PRESETS, RealSRT, TokenTransformer, TokenTransformerConfig
 from tokensr.nn.transformer import Attention, FeedForward, TransformerBlock, sincos_2d
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
+from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 
 def tiny_tokenizer(seed: int = 0) -> VQGAN:
-    """A tiny random VQGAN whose EMA codebook is initialised from real encoder outputs."""
-    torch.manual_seed(seed)
-    tok = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, mid_attention=False, code_dim=8,
-                            codebook_size=16))
-    tok.train()
-    with torch.no_grad():
-        tok(torch.rand(2, 3, 32, 32) * 2 - 1)
-    return tok.eval()
+    return _tiny_tokenizer(seed, (1, 2))
 
 
 # --- generic transformer pieces ----------------------------------------------------------

@@ -11,16 +11,11 @@ from tokensr.errors import OptionError
 from tokensr.methods.realsrt.model import RealSRT
 from tokensr.methods.realsrt.train import CCMTask, CriticTask, GeneratorTask
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
+from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 
 def tiny_tokenizer(seed: int = 0) -> VQGAN:
-    torch.manual_seed(seed)
-    tok = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, mid_attention=False, code_dim=8,
-                            codebook_size=16))
-    tok.train()
-    with torch.no_grad():
-        tok(torch.rand(2, 3, 32, 32) * 2 - 1)
-    return tok.eval()
+    return _tiny_tokenizer(seed, (1, 2))
 
 
 def tiny_batch(n: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -13,16 +13,7 @@ from tokensr.methods import build_method
 from tokensr.methods.ugtsr.method import UGTSRMethod, build
 from tokensr.methods.ugtsr.model import UGTSR
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
-
-
-def tiny_tokenizer(seed: int = 0) -> VQGAN:
-    torch.manual_seed(seed)
-    tok = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8,
-                            codebook_size=16))
-    tok.train()
-    with torch.no_grad():
-        tok(torch.rand(2, 3, 32, 32) * 2 - 1)
-    return tok.eval()
+from tiny_models import tiny_tokenizer
 
 
 def _save(scale: int, folder: Path) -> Path:

@@ -11,16 +11,11 @@ from tokensr.methods.ugtsr.model import (
     UGTSR, AlignAttention, TopKFusion, gather_codes, knn_codes, pad_lr,
 )
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
+from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 
 def tiny_tokenizer(ch_mult: tuple[int, ...] = (1, 2, 4), seed: int = 0) -> VQGAN:
-    torch.manual_seed(seed)
-    tok = VQGAN(VQGANConfig(ch=8, ch_mult=ch_mult, num_res_blocks=1, mid_attention=False, code_dim=8,
-                            codebook_size=16))
-    tok.train()
-    with torch.no_grad():  # initialise the EMA codebook from data
-        tok(torch.rand(2, 3, 32, 32) * 2 - 1)
-    return tok.eval()
+    return _tiny_tokenizer(seed, ch_mult)
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,9 @@ from tokensr.errors import OptionError
 from tokensr.methods.ugtsr.model import UGTSR
 from tokensr.methods.ugtsr.train import ESUTask, UDLTask
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
+from tiny_models import tiny_tokenizer
 
 TINY_D = {"type": "patch", "ndf": 8, "n_layers": 2}
-
-
-def tiny_tokenizer(seed: int = 0) -> VQGAN:
-    torch.manual_seed(seed)
-    tok = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8,
-                            codebook_size=16))
-    tok.train()
-    with torch.no_grad():
-        tok(torch.rand(2, 3, 32, 32) * 2 - 1)
-    return tok.eval()
 
 
 def tiny_batch(n: int = 2, size: int = 32, scale: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:

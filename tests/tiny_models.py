@@ -1,0 +1,21 @@
+"""Tiny random networks shared by the method tests (importable because pytest puts tests/ on
+sys.path)."""
+from __future__ import annotations
+
+import torch
+
+from tokensr.nn.vqgan import VQGAN, VQGANConfig
+
+
+def tiny_tokenizer(seed: int = 0, ch_mult: tuple[int, ...] = (1, 2, 4), warm: bool = True) -> VQGAN:
+    """A VQGAN with 8 base channels and K=16 codes of dim 8 (f = 2 ** (len(ch_mult) - 1)), in
+    eval mode. ``warm``: one forward in train mode first, so the EMA codebook holds real
+    encoder outputs instead of its near-zero initialisation."""
+    torch.manual_seed(seed)
+    tok = VQGAN(VQGANConfig(ch=8, ch_mult=ch_mult, num_res_blocks=1, mid_attention=False, code_dim=8,
+                            codebook_size=16))
+    if warm:
+        tok.train()
+        with torch.no_grad():
+            tok(torch.rand(2, 3, 32, 32) * 2 - 1)
+    return tok.eval()
