@@ -52,3 +52,42 @@ def as_int(name: str, value: Any, minimum: int = 1) -> int:
     if n < minimum or not exact:
         raise OptionError(f"option {name} must be an integer >= {minimum}, got '{value}'")
     return n
+
+
+def as_bool(name: str, value: Any) -> bool:
+    """``value`` as a flag: a bool, or 1/0, true/false, yes/no, on/off in any case."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise OptionError(f"option {name} must be true or false, got '{value}'")
+
+
+def as_float(name: str, value: Any, minimum: float = 0.0, maximum: float | None = None) -> float:
+    """``value`` as a number in ``[minimum, maximum]`` (no upper bound when ``maximum`` is None)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"option {name} must be a number, got '{value}'") from None
+    if not (x >= minimum and (maximum is None or x <= maximum)):
+        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise OptionError(f"option {name} must be {bound}, got '{value}'")
+    return x
+
+
+def save_steps_target(value: Any, default_dir: str) -> str | None:
+    """``save_steps`` as given: a folder or ``.png`` path; True (the CLI flag) or a true word =
+    ``default_dir``; None, False or a false word = off."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return default_dir
+    text = str(value).strip()
+    if text.lower() in ("", "0", "false", "no", "off"):
+        return None
+    if text.lower() in ("1", "true", "yes", "on"):
+        return default_dir
+    return text

@@ -40,7 +40,7 @@ import torch
 from tokensr.errors import OptionError
 from tokensr.inference.tiling import pad_to_multiple, upscale_tiled
 from tokensr.methods.iter.model import ITER
-from tokensr.methods.loading import as_int, load_saved_model
+from tokensr.methods.loading import as_bool, as_float, as_int, load_saved_model, save_steps_target
 
 log = logging.getLogger(__name__)
 
@@ -236,41 +236,6 @@ class ITERMethod:
 
 
 # --- option parsing ----------------------------------------------------------------------------
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise OptionError(f"option {name} must be true or false, got '{value}'")
-
-
-def _as_float(name: str, value: Any, low: float, high: float | None = None) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise OptionError(f"option {name} must be a number, got '{value}'") from None
-    if not (x >= low and (high is None or x <= high)):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise OptionError(f"option {name} must be {bound}, got '{value}'")
-    return x
-
-
-def _save_steps_target(value: Any) -> str | None:
-    if value is None or value is False:
-        return None
-    if value is True:
-        return DEFAULT_STEPS_DIR
-    text = str(value).strip()
-    if text.lower() in ("", "0", "false", "no", "off"):
-        return None
-    if text.lower() in ("1", "true", "yes", "on"):
-        return DEFAULT_STEPS_DIR
-    return text
-
-
 def load_model(weights: str | None, scale: int, device: str | torch.device = "cpu") -> ITER:
     """Load a saved ITER folder (or the bundled default for ``scale``) onto ``device``."""
     return load_saved_model(ITER, weights, scale, DEFAULT_WEIGHTS, device)
@@ -294,14 +259,14 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
     return ITERMethod(
         model,
         steps=as_int("steps", opts.get("steps", model.config.steps)),
-        alpha=_as_float("alpha", opts.get("alpha", model.config.alpha), 0.0, 1.0),
-        adaptive=_as_bool("adaptive", opts.get("adaptive", True)),
-        sample=_as_bool("sample", opts.get("sample", False)),
-        temperature=_as_float("temperature", opts.get("temperature", 1.0), 0.0),
+        alpha=as_float("alpha", opts.get("alpha", model.config.alpha), 0.0, 1.0),
+        adaptive=as_bool("adaptive", opts.get("adaptive", True)),
+        sample=as_bool("sample", opts.get("sample", False)),
+        temperature=as_float("temperature", opts.get("temperature", 1.0), 0.0),
         seed=as_int("seed", opts.get("seed", 0), minimum=0),
         tile=tile,
         tile_overlap=as_int("tile_overlap", opts["tile_overlap"], minimum=0) if "tile_overlap" in opts else None,
-        save_steps=_save_steps_target(opts.get("save_steps")),
+        save_steps=save_steps_target(opts.get("save_steps"), DEFAULT_STEPS_DIR),
     )
 
 

@@ -38,7 +38,7 @@ from tokensr.inference.patches import aggregate_patches
 from tokensr.methods.realsrt.figure import save_step_figure
 from tokensr.methods.realsrt.model import Condition, RealSRT
 from tokensr.methods.realsrt.sampling import CONFIDENCES, ROUNDINGS, GenerationResult
-from tokensr.methods.loading import as_int, load_saved_model
+from tokensr.methods.loading import as_bool, as_float, as_int, load_saved_model, save_steps_target
 
 log = logging.getLogger(__name__)
 
@@ -185,27 +185,6 @@ def default_stride(model: RealSRT, patch: int) -> int:
     return max(1, patch // 2)
 
 
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise OptionError(f"option {name} must be true or false, got '{value}'")
-
-
-def _as_float(name: str, value: Any, minimum: float = 0.0) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise OptionError(f"option {name} must be a number, got '{value}'") from None
-    if not x >= minimum:
-        raise OptionError(f"option {name} must be >= {minimum}, got '{value}'")
-    return x
-
-
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     text = str(value).strip().lower()
     if text not in choices:
@@ -234,7 +213,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
                          CONFIDENCES)
     if confidence == "critic" and model.critic is None:
         raise OptionError("this realsrt model has no critic; use --confidence generator or train the critic stage")
-    use_ccm = _as_bool("ccm", opts.get("ccm", model.ccm is not None))
+    use_ccm = as_bool("ccm", opts.get("ccm", model.ccm is not None))
     if use_ccm and model.ccm is None:
         raise OptionError("this realsrt model has no CCM; pass ccm=false or train the CCM stage")
     patch = as_int("patch", opts.get("patch", model.config.lr_patch))
@@ -244,7 +223,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
     stride = as_int("stride", opts.get("stride", default_stride(model, patch)))
     if stride > patch:
         raise OptionError(f"stride {stride} must not exceed the patch size {patch}")
-    save_steps = _save_steps_target(opts.get("save_steps"))
+    save_steps = save_steps_target(opts.get("save_steps"), DEFAULT_STEPS_DIR)
     return RealSRTMethod(
         model,
         steps=as_int("steps", opts.get("steps", 4)),
@@ -255,21 +234,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         batch=as_int("batch", opts.get("batch", 8)),
         color=_choice("color_fix", opts.get("color_fix", "adain"), COLOR_FIXES),
         rounding=_choice("rounding", opts.get("rounding", "ceil"), ROUNDINGS),
-        temperature=_as_float("temperature", opts.get("temperature", 0.0)),
+        temperature=as_float("temperature", opts.get("temperature", 0.0)),
         seed=as_int("seed", opts.get("seed", 0), minimum=0),
         save_steps=save_steps,
     )
-
-
-def _save_steps_target(value: Any) -> str | None:
-    """``save_steps`` as given: a folder or ``.png`` path; True (the CLI flag) = ``DEFAULT_STEPS_DIR``."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return DEFAULT_STEPS_DIR
-    text = str(value).strip()
-    if text.lower() in ("", "0", "false", "no", "off"):
-        return None
-    if text.lower() in ("1", "true", "yes", "on"):
-        return DEFAULT_STEPS_DIR
-    return text
