@@ -25,23 +25,24 @@ class Degradation(Protocol):
         ...
 
 
-_FACTORIES: dict[str, Callable[[], Degradation]] = {
-    "realesrgan": lambda: RealESRGANDegradation(RealESRGANConfig()),
-    "bsrgan": lambda: BSRGANDegradation(BSRGANConfig(), plus=False),
-    "bsrgan_plus": lambda: BSRGANDegradation(BSRGANConfig(), plus=True),
+# name -> (the config dataclass holding every range, the pipeline built from such a config)
+_PIPELINES: dict[str, tuple[Callable[[], Any], Callable[[Any], Degradation]]] = {
+    "realesrgan": (RealESRGANConfig, RealESRGANDegradation),
+    "bsrgan": (BSRGANConfig, lambda cfg: BSRGANDegradation(cfg, plus=False)),
+    "bsrgan_plus": (BSRGANConfig, lambda cfg: BSRGANDegradation(cfg, plus=True)),
 }
 
 #: names accepted by :func:`build_degradation` (and by ``tokensr degrade --pipeline``)
-DEGRADATIONS: tuple[str, ...] = tuple(_FACTORIES)
+DEGRADATIONS: tuple[str, ...] = tuple(_PIPELINES)
 
 
 def _override(obj: Any, values: Mapping[str, Any], where: str) -> Any:
     """``dataclasses.replace`` that recurses into nested config dataclasses (lists -> tuples)."""
-    fields = {f.name: f for f in dataclasses.fields(obj)}
+    fields = [f.name for f in dataclasses.fields(obj)]
     changes: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
+            close = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
             raise OptionError(f"unknown degradation option '{where}{key}'{hint}")
         current = getattr(obj, key)
@@ -62,20 +63,14 @@ def build_degradation(spec: str | Mapping[str, Any] | Degradation) -> Degradatio
     mappings, e.g. ``{name: realesrgan, pass2: {jpeg_range: [60, 95]}, final_sinc_prob: 0.5}``;
     this is how a YAML training config changes any range), or a callable, returned unchanged.
     """
-    if isinstance(spec, Mapping):
-        values = dict(spec)
-        if "name" not in values:
-            raise OptionError(f"a degradation mapping needs a 'name' ({', '.join(DEGRADATIONS)})")
-        name = str(values.pop("name"))
-        key = name.lower().replace("-", "_")
-        if key not in _FACTORIES:
-            raise OptionError(f"unknown degradation '{name}'; choose one of: {', '.join(DEGRADATIONS)}")
-        if key == "realesrgan":
-            return RealESRGANDegradation(_override(RealESRGANConfig(), values, ""))
-        return BSRGANDegradation(_override(BSRGANConfig(), values, ""), plus=key == "bsrgan_plus")
-    if not isinstance(spec, str):
+    if not isinstance(spec, (str, Mapping)):
         return spec
-    key = spec.lower().replace("-", "_")
-    if key not in _FACTORIES:
-        raise OptionError(f"unknown degradation '{spec}'; choose one of: {', '.join(DEGRADATIONS)}")
-    return _FACTORIES[key]()
+    values = dict(spec) if isinstance(spec, Mapping) else {"name": spec}
+    if "name" not in values:
+        raise OptionError(f"a degradation mapping needs a 'name' ({', '.join(DEGRADATIONS)})")
+    name = str(values.pop("name"))
+    key = name.lower().replace("-", "_")
+    if key not in _PIPELINES:
+        raise OptionError(f"unknown degradation '{name}'; choose one of: {', '.join(DEGRADATIONS)}")
+    make_config, make_pipeline = _PIPELINES[key]
+    return make_pipeline(_override(make_config(), values, ""))
