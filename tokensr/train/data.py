@@ -81,7 +81,6 @@ class DataStream:
         # dataset takes (epoch, index) items, since persistent workers never see set_epoch.
         self.persistent = bool(num_workers > 0 and getattr(dataset, "accepts_epoch_index", False))
         self._loader: DataLoader[Any] | None = None
-        self._sampler: EpochTaggedSampler | None = None
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
@@ -97,33 +96,23 @@ class DataStream:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
         start = self.batch_in_epoch * self.batch_size
-        if self.persistent:
-            if self._loader is None:
-                self._sampler = EpochTaggedSampler(self.length, self.rank, self.world, self.seed, self.epoch,
-                                                   start=start, shuffle=self.shuffle)
-                gen = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, self.rank, 7]).integers(2**62)))
-                self._loader = DataLoader(
-                    self.dataset, batch_size=self.batch_size, sampler=self._sampler, drop_last=True,
-                    num_workers=self.num_workers, pin_memory=self.pin_memory, generator=gen,
-                    persistent_workers=True,
-                )
-            assert self._sampler is not None
-            self._sampler.epoch, self._sampler.start = self.epoch, start
-            self._it = iter(self._loader)
-            return
-        sampler = ShardSampler(
-            self.length, self.rank, self.world, self.seed, self.epoch,
-            start=start, shuffle=self.shuffle,
-        )
-        # DataLoader worker seeds depend on the epoch and rank only (reproducible across resumes
-        # for datasets that are pure functions of the index)
-        gen = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, self.epoch, self.rank, 7]).integers(2**62)))
-        loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-            num_workers=self.num_workers, pin_memory=self.pin_memory, generator=gen,
-            persistent_workers=False,
-        )
-        self._it = iter(loader)
+        if self.persistent and self._loader is not None:
+            # the same workers serve the next epoch: only the sampler moves
+            self._loader.sampler.epoch, self._loader.sampler.start = self.epoch, start  # type: ignore[attr-defined]
+        else:
+            sampler_cls = EpochTaggedSampler if self.persistent else ShardSampler
+            sampler = sampler_cls(self.length, self.rank, self.world, self.seed, self.epoch,
+                                  start=start, shuffle=self.shuffle)
+            # DataLoader worker seeds depend on the epoch (workers made once: not even that) and
+            # rank only (reproducible across resumes for datasets that are pure functions of the index)
+            key = [self.seed, self.rank, 7] if self.persistent else [self.seed, self.epoch, self.rank, 7]
+            gen = torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2**62)))
+            self._loader = DataLoader(
+                self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                num_workers=self.num_workers, pin_memory=self.pin_memory, generator=gen,
+                persistent_workers=self.persistent,
+            )
+        self._it = iter(self._loader)
 
     def next(self) -> Any:
         if self.batch_in_epoch >= self.batches_per_epoch:
@@ -138,7 +127,7 @@ class DataStream:
 
     def close(self) -> None:
         self._it = None
-        self._loader = None  # lets persistent workers shut down
+        self._loader = None  # lets (persistent) workers shut down
 
 
 __all__ = ["DataStream", "EpochTaggedSampler", "ShardSampler"]
