@@ -15,7 +15,7 @@ from tokensr.errors import OptionError
 from tokensr.methods.iter.model import ITER
 from tokensr.methods.iter.train import LOSS_DEFAULTS, TOP_KEYS, ITERTask, LQEncoderTask, RefineEvalTask
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
-from tiny_models import tiny_tokenizer
+from tiny_models import fit, tiny_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -26,22 +26,6 @@ def tiny_batch(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     hr = F.interpolate(base, size=(32, 32), mode="bicubic", align_corners=False).clamp(0, 1)
     lr = F.interpolate(hr, scale_factor=0.25, mode="area")
     return {"hr": hr, "lr": lr, "weight": torch.ones(n)}
-
-
-def fit(task: ITERTask, batch: dict[str, torch.Tensor], steps: int, lr: float = 3e-3, seed: int = 5) -> tuple[float, float]:
-    """Loss on a fixed batch (and fixed random masks) before and after a few Adam steps."""
-    opt = torch.optim.Adam(list(task.param_groups()["g"]), lr=lr)
-
-    def loss() -> torch.Tensor:
-        torch.manual_seed(seed)
-        return task.losses(batch, step=0)[0]["g"]
-
-    first = loss().item()
-    for _ in range(steps):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-    return first, loss().item()
 
 
 def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

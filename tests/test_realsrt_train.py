@@ -11,6 +11,7 @@ from tokensr.errors import OptionError
 from tokensr.methods.realsrt.model import RealSRT
 from tokensr.methods.realsrt.train import CCMTask, CriticTask, GeneratorTask
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
+from tiny_models import fit
 from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 
@@ -24,23 +25,6 @@ def tiny_batch(n: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
     hr = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bilinear").clamp(0, 1)
     hr = (hr + 0.05 * torch.randn(hr.shape, generator=g)).clamp(0, 1)
     return {"hr": hr, "lr": lr, "weight": torch.ones(n)}
-
-
-def fit(task, batch, steps: int, lr: float = 3e-3, seed: int = 5) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Loss on a fixed batch and fixed mask before and after a few Adam steps."""
-    params = list(task.param_groups()["g"])
-    opt = torch.optim.Adam(params, lr=lr)
-
-    def loss() -> torch.Tensor:
-        torch.manual_seed(seed)  # same random mask every time
-        return task.losses(batch, step=0)[0]["g"]
-
-    first = loss().item()
-    for _ in range(steps):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-    return first, loss().item()
 
 
 @pytest.fixture(scope="module")

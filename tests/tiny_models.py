@@ -1,6 +1,8 @@
-"""Tiny random networks shared by the method tests (importable because pytest puts tests/ on
-sys.path)."""
+"""Tiny random networks and a fitting loop shared by the method tests (importable because
+pytest puts tests/ on sys.path)."""
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -19,3 +21,20 @@ def tiny_tokenizer(seed: int = 0, ch_mult: tuple[int, ...] = (1, 2, 4), warm: bo
         with torch.no_grad():
             tok(torch.rand(2, 3, 32, 32) * 2 - 1)
     return tok.eval()
+
+
+def fit(task: Any, batch: dict[str, torch.Tensor], steps: int, lr: float = 3e-3, seed: int = 5) -> tuple[float, float]:
+    """A training task's generator loss on a fixed batch before and after ``steps`` Adam steps.
+    The torch seed is reset before every loss, so random masks are the same each time."""
+    opt = torch.optim.Adam(list(task.param_groups()["g"]), lr=lr)
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(seed)
+        return task.losses(batch, step=0)[0]["g"]
+
+    first = loss().item()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    return first, loss().item()
