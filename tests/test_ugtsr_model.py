@@ -214,3 +214,27 @@ def test_gt_indices_are_the_tokenizer_codes(tok: VQGAN) -> None:
     model = UGTSR.create(tok, scale=4, preset="tiny")
     hr = torch.rand(2, 3, 16, 20)
     assert torch.equal(model.gt_indices(hr), tok.tokenize(hr))
+
+
+def test_warm_start_x2_from_x4_copies_every_shared_weight(tok: VQGAN, tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    x4 = UGTSR.create(tok, scale=4, preset="tiny", top_k=3, align_attention=True, uncertainty_head=True)
+    with torch.no_grad():
+        for p in x4.encoder.parameters():
+            p.normal_()
+    x4.save_pretrained(tmp_path / "x4")
+    x2 = UGTSR.create(tok, scale=2, preset="tiny", top_k=3, align_attention=True, uncertainty_head=True)
+    before = {k: v.clone() for k, v in x2.state_dict().items()}
+    copied, fresh = x2.warm_start(tmp_path / "x4")
+    after, source = x2.state_dict(), x4.state_dict()
+    for part in ("encoder.swin.", "encoder.to_code.", "fusion.", "align.", "uncertainty.", "encoder.conv_in."):
+        assert any(k.startswith(part) for k in copied), part
+    for k in copied:
+        assert torch.equal(after[k], source[k])
+    # the layers that change resolution differ in shape (or exist only at x2) and stay fresh
+    assert "encoder.to_swin.weight" in fresh and not any(k.startswith("tokenizer.") for k in fresh + copied)
+    for k in fresh:
+        assert torch.equal(after[k], before[k])
+    assert set(copied) | set(fresh) == {k for k in after if not k.startswith("tokenizer.")}
+    with pytest.raises(ValueError, match="another tokenizer"):
+        UGTSR.create(tiny_tokenizer(ch_mult=(1, 2)), scale=2, preset="tiny").warm_start(tmp_path / "x4")

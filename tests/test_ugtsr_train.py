@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,22 @@ def test_codebook_warmup_trains_only_the_encoder() -> None:
     assert all(p.grad is None for p in model.uncertainty.parameters())  # type: ignore[union-attr]
     losses, logs = task.losses(batch, 2)  # warm-up over: the full stage-I loss
     assert {"g", "d"} == set(losses) and "esu" in logs and "l1" in logs
+
+
+def test_x2_stage_warm_starts_from_an_x4_export(stage1: Path) -> None:
+    """``warm_start`` copies the shared weights of another scale's export (x2 from x4), here
+    with the stage-I uncertainty head carried over and used frozen (``uncertainty_source: self``)."""
+    task = UDLTask({"tokenizer": tiny_tokenizer(), "warm_start": str(stage1), "scale": 2, "preset": "tiny",
+                    "uncertainty_source": "self", "model": {"uncertainty_head": True},
+                    "losses": {"perceptual_loss": "none", "gan": 0}}, "cpu")
+    source = UGTSR.from_pretrained(stage1).state_dict()
+    own = task.model.state_dict()
+    assert task.model.scale == 2
+    for k in ("encoder.swin.0.blocks.0.norm1.weight", "uncertainty.net.2.weight"):
+        assert k in own and torch.equal(own[k], source[k])
+    assert own["encoder.to_swin.weight"].shape != source["encoder.to_swin.weight"].shape
+    values = _steps(task, tiny_batch(scale=2), 4)
+    assert all(math.isfinite(v) for v in values)
+    with pytest.raises(OptionError, match="warm_start"):
+        UDLTask({"tokenizer": tiny_tokenizer(seed=1), "warm_start": str(stage1), "scale": 2, "preset": "tiny",
+                 "losses": {"perceptual_loss": "none", "gan": 0}}, "cpu")

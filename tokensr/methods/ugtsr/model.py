@@ -474,6 +474,26 @@ class UGTSR(nn.Module, PretrainedMixin):
             raise ValueError(f"'{name_or_path}' does not fit the requested UGTSR config ({what})")
         return model.eval().to(device)
 
+    def warm_start(self, name_or_path: str | Path) -> tuple[list[str], list[str]]:
+        """Copy in every weight of a saved UGTSR (of any scale or preset) whose name and shape
+        match one of this model's trained modules; the tokenizer is left as it is. Returns
+        ``(copied, fresh)`` parameter names. This starts an x2 model from an x4 one: only the
+        LQ encoder's resolution-changing layers differ, the Swin groups, fusion, Align-Attention
+        and decoder-side layers carry over."""
+        folder = resolve(name_or_path)
+        data = read_config(folder)
+        if data.get("model_type") != self.model_type:
+            raise ValueError(f"'{name_or_path}' holds a {data.get('model_type')} model, not {self.model_type}")
+        saved = load_file(str(folder / WEIGHTS_NAME), device="cpu")
+        own_tok = {f"tokenizer.{k}": v for k, v in self.tokenizer.state_dict().items()}
+        if any(k not in saved or saved[k].shape != v.shape or not torch.equal(saved[k].to(v), v)
+               for k, v in own_tok.items()):
+            raise ValueError(f"'{name_or_path}' was trained on another tokenizer")
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("tokenizer.")}
+        take = {k: saved[k] for k, v in own.items() if k in saved and saved[k].shape == v.shape}
+        self.load_state_dict(take, strict=False)
+        return sorted(take), sorted(set(own) - set(take))
+
     # --- properties -------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

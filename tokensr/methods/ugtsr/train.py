@@ -18,6 +18,8 @@ Task config keys (``task_config`` in the YAML):
 
 - ``tokenizer``: VQGAN folder or bundled name (stage I; stage II without ``init``).
 - ``init``: a UGTSR folder to start from (stage II: the stage-I export; optional in stage I).
+- ``warm_start``: a UGTSR folder of another scale (or preset) whose weights of matching name and
+  shape are copied into the new model (e.g. x2 from a trained x4); the rest start fresh.
 - ``preset`` (``small`` | ``paper`` | ``tiny``), ``scale`` (4 | 2), ``model``: UGTSRConfig
   field overrides (``top_k``, ``align_attention``, ``align_stages``, ``fusion_stages``, sizes...).
 - ``uncertainty`` (true), ``uncertainty_from`` (stage II: the frozen estimator's folder,
@@ -58,7 +60,7 @@ from tokensr.pretrained import read_config
 log = logging.getLogger(__name__)
 
 VAL_SEED_OFFSET = 1_000_003
-TOP_KEYS = ("tokenizer", "init", "preset", "scale", "model", "uncertainty", "uncertainty_from", "uncertainty_source",
+TOP_KEYS = ("tokenizer", "init", "warm_start", "preset", "scale", "model", "uncertainty", "uncertainty_from", "uncertainty_source",
             "data", "val_data", "val_count", "losses", "discriminator")
 LOSS_DEFAULTS: dict[str, Any] = {
     "l1": 1.0,
@@ -225,11 +227,20 @@ class _Stage:
     def _build_model(self) -> UGTSR:
         init = self.cfg.get("init")
         if init is None:
-            return self._fresh_model()
-        model = self._load(init, **{**self._init_defaults(init), **self._model_overrides()})
-        scale = self.cfg.get("scale")
-        if scale is not None and int(scale) != model.scale:
-            raise OptionError(f"init {init} is x{model.scale}, but scale={scale} was asked for")
+            model = self._fresh_model()
+        else:
+            model = self._load(init, **{**self._init_defaults(init), **self._model_overrides()})
+            scale = self.cfg.get("scale")
+            if scale is not None and int(scale) != model.scale:
+                raise OptionError(f"init {init} is x{model.scale}, but scale={scale} was asked for")
+        source = self.cfg.get("warm_start")
+        if source is not None:
+            try:
+                copied, fresh = model.warm_start(source)
+            except (FileNotFoundError, ValueError) as e:
+                raise OptionError(f"warm_start {source}: {str(e).splitlines()[0]}") from e
+            log.info("warm start from %s: %d tensors copied, %d fresh (%s)", source, len(copied), len(fresh),
+                     ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""))
         return model
 
     def _trained_modules(self) -> list[nn.Module]:
