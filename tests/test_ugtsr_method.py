@@ -67,6 +67,28 @@ def test_top_k_option(x4: Path) -> None:
         build(weights=str(x4), top_k="two")
 
 
+def test_color_fix_option(x4: Path) -> None:
+    """``color_fix`` corrects the decoded image towards the LR input's colours."""
+    from tokensr.inference.colorfix import channel_stats, wavelet_decompose
+
+    lr = torch.rand(1, 3, 10, 14) * 0.5 + 0.3
+    plain = build(weights=str(x4), color_fix="none")(lr)
+    adain = build(weights=str(x4), color_fix="adain")(lr)
+    wave = build(weights=str(x4), color_fix="Wavelet")(lr)
+    assert plain.shape == adain.shape == wave.shape == (1, 3, 40, 56)
+    mean_lr, _ = channel_stats(lr)
+    mean_plain, _ = channel_stats(plain)
+    mean_adain, _ = channel_stats(adain)
+    # AdaIN moves each channel's mean to the LR's (up to the final clamp)
+    assert (mean_adain - mean_lr).abs().max() < 0.02 < (mean_plain - mean_lr).abs().max()
+    # wavelet: the low frequencies become the (upsampled) LR's, the detail stays the model's
+    up = torch.nn.functional.interpolate(lr, size=plain.shape[-2:], mode="bicubic", align_corners=False)
+    low_err = lambda x: (wavelet_decompose(x)[1] - wavelet_decompose(up)[1]).abs().mean()  # noqa: E731
+    assert low_err(wave) < 0.5 * low_err(plain)
+    with pytest.raises(OptionError, match="colour fix"):
+        build(weights=str(x4), color_fix="histogram")
+
+
 def test_tiling(x4: Path) -> None:
     lr = torch.rand(1, 3, 21, 18, generator=torch.Generator().manual_seed(2))
     whole = build(weights=str(x4), tile=0)(lr)

@@ -10,6 +10,8 @@ Options (strings are accepted, as the benchmark passes them):
 
 - ``top_k``: None = the model's trained k; 1 = plain nearest-neighbour matching (skips the
   fusion: an inference-time ablation). Other values are refused (the fusion is built for k).
+- ``color_fix`` (``none`` | ``wavelet`` | ``adain``; default :data:`DEFAULT_COLOR_FIX`): correct
+  the decoded colours towards the LR input (``tokensr.inference.colorfix``), per tile.
 - ``tile`` (LR pixels; default ``auto``: 256-px tiles when a side of the LR is longer than
   256, else one pass; ``0`` = never tile), ``tile_overlap`` (16, as FeMaSR).
 """
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from tokensr.errors import OptionError
+from tokensr.inference.colorfix import COLOR_FIXES, color_fix
 from tokensr.methods.ugtsr.model import UGTSR
 from tokensr.methods.loading import as_int, load_saved_model
 
@@ -27,14 +30,18 @@ from tokensr.methods.loading import as_int, load_saved_model
 DEFAULT_WEIGHTS: dict[int, str] = {4: "ugtsr-small-x4", 2: "ugtsr-small-x2"}
 AUTO_TILE = 256  # LR tile side used when the image is larger than one tile
 DEFAULT_OVERLAP = 16
+DEFAULT_COLOR_FIX = "none"
 
 
 class UGTSRMethod:
     name = "ugtsr"
 
     def __init__(self, model: UGTSR, top_k: int | None = None, tile: int | None = AUTO_TILE,
-                 tile_overlap: int = DEFAULT_OVERLAP) -> None:
+                 tile_overlap: int = DEFAULT_OVERLAP, color: str = DEFAULT_COLOR_FIX) -> None:
+        if color not in COLOR_FIXES:
+            raise OptionError(f"unknown colour fix '{color}' (choose from {', '.join(COLOR_FIXES)})")
         self.model = model.eval()
+        self.color = color
         self.scale = model.scale
         self.top_k = model.resolve_top_k(top_k)
         self.tile = tile
@@ -50,7 +57,8 @@ class UGTSRMethod:
         return self.model.pad_multiple
 
     def _one_pass(self, lr: torch.Tensor) -> torch.Tensor:
-        return self.model.upscale(lr, self.top_k)
+        sr = self.model.upscale(lr, self.top_k)
+        return sr if self.color == "none" else color_fix(sr, lr, self.color).clamp(0, 1)
 
     @torch.no_grad()
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:
@@ -104,7 +112,7 @@ def load_model(weights: str | None, scale: int, device: str | torch.device = "cp
 
 def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> UGTSRMethod:
     """Build UGTSR for ``scale`` from ``weights`` (a saved folder; None = the bundled default)."""
-    known = {"top_k", "tile", "tile_overlap"}
+    known = {"top_k", "tile", "tile_overlap", "color_fix"}
     unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
     if unknown:
         raise OptionError(f"ugtsr does not take the option(s): {', '.join(unknown)} (it takes {', '.join(sorted(known))})")
@@ -123,7 +131,8 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         top_k=top_k,
         tile=_tile(options.get("tile")),
         tile_overlap=DEFAULT_OVERLAP if overlap is None else as_int("tile_overlap", overlap, 0),
+        color=str(options.get("color_fix") or DEFAULT_COLOR_FIX).strip().lower(),
     )
 
 
-__all__ = ["AUTO_TILE", "DEFAULT_WEIGHTS", "UGTSRMethod", "build", "load_model"]
+__all__ = ["AUTO_TILE", "DEFAULT_COLOR_FIX", "DEFAULT_WEIGHTS", "UGTSRMethod", "build", "load_model"]
