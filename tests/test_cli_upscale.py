@@ -191,3 +191,18 @@ def test_method_options_forward_only_what_was_given(tmp_path: Path) -> None:
     assert method_options(args)["save_steps"] == "figs"
     args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "x.png"), "--save-steps"])
     assert method_options(args)["save_steps"] == str(tmp_path / "steps")
+
+
+def test_default_method_is_the_best_bundled_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tokensr.pretrained as pretrained
+    from tokensr.methods import DEFAULT_METHOD, default_method
+
+    def bundled(names: list[str]) -> None:
+        monkeypatch.setattr(pretrained, "bundled_names", lambda: sorted(names))
+
+    bundled(["vqgan-small"])
+    assert default_method(4) == default_method(None) == DEFAULT_METHOD == "bicubic"
+    bundled(["vqgan-small", "ugtsr-small-x4"])
+    assert default_method(4) == "ugtsr" and default_method(2) == "bicubic" and default_method(3) == "bicubic"
+    bundled(["ugtsr-small-x4", "ugtsr-small-x2", "realsrt-small-x4", "iter-small-x2"])
+    assert (default_method(4), default_method(2)) == ("realsrt", "ugtsr")

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tokensr import pretrained
-    from tokensr.methods import DEFAULT_METHOD, METHODS
+    from tokensr.methods import METHODS, default_method
 
     names = pretrained.bundled_names()
     if args.name is None:
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {name}  ({_summary(pretrained.WEIGHTS_DIR / name)})")
         else:
             print("No bundled models in this version of tokensr.")
-        print(f"Methods: {', '.join(METHODS)} (default: {DEFAULT_METHOD})")
+        print(f"Methods: {', '.join(METHODS)} (default: {default_method(4)} at x4, {default_method(2)} at x2)")
         print("Use: tokensr upscale IMAGE -o OUT --method NAME [--weights NAME_OR_FOLDER]")
         return 0
     if args.name not in names:

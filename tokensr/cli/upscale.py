@@ -17,7 +17,7 @@ from tokensr.errors import OptionError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tokensr.methods import DEFAULT_METHOD, METHODS
+    from tokensr.methods import DEFAULT_METHOD, DEFAULT_PREFERENCE, METHODS
 
     add = parser.add_argument
     add("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (top level only)")
@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder (created if needed), or an output file (.png/.jpg/.webp/.tif/.bmp) "
         "for a single input file")
     add("--method", default=None, choices=list(METHODS), metavar="NAME",
-        help=f"SR method: {', '.join(METHODS)} (default: {DEFAULT_METHOD}, or the one --weights is for)")
+        help=f"SR method: {', '.join(METHODS)} (default: the best bundled one for the scale, "
+        f"{' > '.join(DEFAULT_PREFERENCE)} > {DEFAULT_METHOD}; or the one --weights is for)")
     add("--weights", default=None, metavar="NAME_OR_PATH", help="bundled model name or weights folder")
     add("--scale", type=int, default=None, metavar="N", help="upscaling factor (default: the model's, else 4)")
     add("--tile", type=int, default=None, metavar="PX", help="process the image in PX-pixel tiles to bound memory")
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tokensr.api import check_device, load
     from tokensr.inference.pipeline import upscale_files
-    from tokensr.methods import DEFAULT_METHOD
+    from tokensr.methods import default_method
 
     _check_numbers(args)
     device = check_device(args.device)
@@ -116,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         scale = args.scale or int(config.get("scale", 4))
         method = build_method(method_name, scale=scale, weights=str(folder), device=device, **options)
     else:
-        method = load(args.method or DEFAULT_METHOD, scale=args.scale, device=device, **options)
+        method = load(args.method or default_method(args.scale), scale=args.scale, device=device, **options)
     logging.getLogger(__name__).info("method: %s x%d on %s", method.name, method.scale, device)
     summary = upscale_files(
         args.inputs,

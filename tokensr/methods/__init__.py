@@ -21,7 +21,26 @@ METHODS: dict[str, str] = {
     "ugtsr": "tokensr.methods.ugtsr.method:build",
 }
 
-DEFAULT_METHOD = "bicubic"
+# `tokensr upscale` without --method: the first of these whose bundled weights exist for the
+# asked scale (RealSRT is the project's main method; UGTSR is the first one trained), else
+# bicubic, which works at any scale. Each method module names its bundled weights per scale in
+# DEFAULT_WEIGHTS.
+DEFAULT_PREFERENCE: tuple[str, ...] = ("realsrt", "ugtsr", "iter")
+DEFAULT_METHOD = "bicubic"  # the fall-back when no trained method is bundled for the scale
+
+
+def default_method(scale: int | None = None) -> str:
+    """The method ``tokensr upscale`` uses without ``--method`` for ``scale`` (None = 4)."""
+    from tokensr.pretrained import bundled_names
+
+    bundled = set(bundled_names())
+    wanted = 4 if scale is None else int(scale)
+    for name in DEFAULT_PREFERENCE:
+        module = importlib.import_module(METHODS[name].split(":")[0])
+        weights = getattr(module, "DEFAULT_WEIGHTS", {}).get(wanted)
+        if weights in bundled:
+            return name
+    return DEFAULT_METHOD
 
 
 def available_methods() -> list[str]:

@@ -30,7 +30,7 @@ from tokensr.methods.loading import as_int, load_saved_model
 DEFAULT_WEIGHTS: dict[int, str] = {4: "ugtsr-small-x4", 2: "ugtsr-small-x2"}
 AUTO_TILE = 256  # LR tile side used when the image is larger than one tile
 DEFAULT_OVERLAP = 16
-DEFAULT_COLOR_FIX = "none"
+DEFAULT_COLOR_FIX = "wavelet"  # measured on set14_realesrgan_x4: +0.7 dB PSNR-Y, NIQE no worse (docs/ugtsr.md)
 
 
 class UGTSRMethod:
