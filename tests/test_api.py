@@ -68,7 +68,7 @@ def test_pil_in_pil_out(mode: str, channels: int) -> None:
     arr = (rng.random((6, 5, channels)) * 255).astype(np.uint8)
     im = Image.fromarray(arr[..., 0] if channels == 1 else arr)
     assert im.mode == mode
-    out = tokensr.upscale(im, scale=2)
+    out = tokensr.upscale(im, method="bicubic", scale=2)
     assert isinstance(out, Image.Image) and out.mode == mode and out.size == (10, 12)
     got = np.asarray(out).astype(np.float32) / 255
     ref = bicubic_ref(arr.reshape(6, 5, channels) / 255.0, 2)
@@ -77,11 +77,11 @@ def test_pil_in_pil_out(mode: str, channels: int) -> None:
 
 def test_pil_16bit_gray_and_palette() -> None:
     im16 = Image.fromarray(np.full((4, 4), 40000, np.uint16))
-    out = tokensr.upscale(im16, scale=2)
+    out = tokensr.upscale(im16, method="bicubic", scale=2)
     assert out.mode == "I;16" and np.all(np.asarray(out) == 40000)
     pal = Image.new("P", (4, 4))
     pal.putpalette([200, 10, 10] * 256)
-    assert tokensr.upscale(pal, scale=2).mode == "RGB"
+    assert tokensr.upscale(pal, method="bicubic", scale=2).mode == "RGB"
 
 
 @pytest.mark.parametrize(
@@ -110,9 +110,9 @@ def test_numpy_in_numpy_out(shape: tuple[int, ...], dtype: type) -> None:
 
 def test_path_in_pil_out(make_image) -> None:
     path = make_image("p.png", "RGBA")
-    out = tokensr.upscale(path, scale=2)
+    out = tokensr.upscale(path, method="bicubic", scale=2)
     assert isinstance(out, Image.Image) and out.mode == "RGBA" and out.size == (40, 28)
-    assert tokensr.upscale(str(path), scale=2).size == (40, 28)
+    assert tokensr.upscale(str(path), method="bicubic", scale=2).size == (40, 28)
 
 
 def test_upscale_with_tiles_and_method_object() -> None:
@@ -131,3 +131,17 @@ def test_bad_inputs() -> None:
         tokensr.upscale(np.zeros((4, 4, 5), np.uint8))
     with pytest.raises(OptionError, match="cannot upscale"):
         tokensr.upscale(12345)
+
+
+def test_upscale_without_a_method_uses_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tokensr.methods as methods
+    import tokensr.pretrained as pretrained
+
+    calls: list[int | None] = []
+    real = methods.default_method
+    monkeypatch.setattr(methods, "default_method", lambda scale=None: calls.append(scale) or real(scale))
+    monkeypatch.setattr(pretrained, "bundled_names", lambda: [])  # nothing trained bundled -> bicubic
+    arr = np.random.default_rng(3).random((6, 7, 3)).astype(np.float32)
+    out = tokensr.upscale(arr, scale=2)
+    assert calls == [2]
+    assert np.array_equal(out, tokensr.upscale(arr, method="bicubic", scale=2))

@@ -150,7 +150,7 @@ def _array_from_loaded(img: LoadedImage, like: np.ndarray) -> np.ndarray:
 
 def upscale(
     image: Any,
-    method: str | os.PathLike[str] | SRMethod = "bicubic",
+    method: str | os.PathLike[str] | SRMethod | None = None,
     scale: int | None = None,
     tile: int | None = None,
     device: str = "cpu",
@@ -166,7 +166,9 @@ def upscale(
         (RGBA) — also ``H x W x 1`` / ``H x W x 2`` — as uint8, uint16 or float in [0, 1];
         or a path (returns a PIL image: 16-bit gray as mode I;16, 16-bit colour as 8-bit,
         since Pillow has no 16-bit colour mode; use the CLI or numpy for 16-bit colour).
-    method: a method name, bundled model name or weights folder (see `load`), or a method.
+    method: a method name, bundled model name or weights folder (see `load`), or a method;
+        None = ``tokensr.methods.default_method(scale)``, the best bundled method for the
+        scale (as the CLI without ``--method``), else bicubic.
     scale: upscaling factor (default: the method's / model's, else 4).
     tile: LR tile size for bounded memory (None: whole image at once); see
         ``tokensr.inference.tiling``. ``tile_overlap``/``tile_batch`` tune it.
@@ -174,6 +176,10 @@ def upscale(
     """
     from PIL import Image
 
+    if method is None:
+        from tokensr.methods import default_method
+
+        method = default_method(scale)
     sr_method = load(method, scale=scale, device=device, **options)
     run = dict(tile=tile, overlap=tile_overlap, batch=tile_batch, quiet=not progress)
     if isinstance(image, Image.Image):
