@@ -136,25 +136,27 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--scale", type=int, default=None, help="default: each model's own scale")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--color-fix", default=None, help="none | wavelet | adain (default: the method's own)")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     args = ap.parse_args(argv)
     if not args.pairs and not args.lr_only:
         ap.error("give --pairs and/or --lr-only")
 
-    from tokensr.methods.ugtsr.method import build
+    from tokensr.methods.ugtsr.method import DEFAULT_COLOR_FIX, build
     from tokensr.pretrained import read_config
 
     rows = []
     for label, weights in parse_weights(args.weights):
         config = read_config(weights)
         scale = args.scale or int(config.get("scale", 4))
-        method = build(scale=scale, weights=weights, device=args.device)
+        method = build(scale=scale, weights=weights, device=args.device, color_fix=args.color_fix)
         metrics = evaluate(method, args.pairs, args.lr_only, args.lr_crop, args.max_images, args.device)
         rows.append((label, switches(config), metrics))
         print(f"{label}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), file=sys.stderr)
     data = ", ".join([p.name for p in args.pairs] + [f"{p.name} (LR only)" for p in args.lr_only])
     table = markdown(rows, args.pairs, args.lr_only)
-    note = f"\nData: {data}. PSNR/SSIM on the Y channel with a border of the scale; means over images.\n"
+    note = (f"\nData: {data}. PSNR/SSIM on the Y channel with a border of the scale; means over images. "
+            f"Colour fix: {args.color_fix or DEFAULT_COLOR_FIX}.\n")
     print(table + note)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
