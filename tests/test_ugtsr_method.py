@@ -101,7 +101,22 @@ def test_tiling(x4: Path) -> None:
         build(weights=str(x4), tile=4)
 
 
-def test_errors(x4: Path) -> None:
+def test_bundled_x4_runs() -> None:
+    """The bundled ugtsr-small-x4 loads by default and upscales any size, in [0, 1]."""
+    method = build(scale=4)
+    lr = torch.rand(1, 3, 13, 10)
+    sr = method(lr)
+    assert method.model.config.top_k == 3 and method.color == "wavelet"
+    assert sr.shape == (1, 3, 52, 40) and 0 <= sr.min() and sr.max() <= 1
+    # its output follows the input: closer to the LR's own bicubic upscale than to another image's
+    up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    assert (sr - up).abs().mean() < (sr - up.flip(-1).flip(-2)).abs().mean()
+
+
+def test_errors(x4: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokensr.methods.ugtsr import method as ugtsr_method
+
+    monkeypatch.setitem(ugtsr_method.DEFAULT_WEIGHTS, 4, "ugtsr-not-bundled")
     with pytest.raises(OptionError, match="no bundled weights"):
         build(scale=4, weights=None)
     with pytest.raises(OptionError, match="x4, not x2"):
