@@ -485,11 +485,11 @@ class UGTSR(nn.Module, PretrainedMixin):
         if data.get("model_type") != self.model_type:
             raise ValueError(f"'{name_or_path}' holds a {data.get('model_type')} model, not {self.model_type}")
         saved = load_file(str(folder / WEIGHTS_NAME), device="cpu")
-        own_tok = {f"tokenizer.{k}": v for k, v in self.tokenizer.state_dict().items()}
+        state = self.state_dict()
         if any(k not in saved or saved[k].shape != v.shape or not torch.equal(saved[k].to(v), v)
-               for k, v in own_tok.items()):
+               for k, v in state.items() if k.startswith("tokenizer.")):
             raise ValueError(f"'{name_or_path}' was trained on another tokenizer")
-        own = {k: v for k, v in self.state_dict().items() if not k.startswith("tokenizer.")}
+        own = {k: v for k, v in state.items() if not k.startswith("tokenizer.")}
         take = {k: saved[k] for k, v in own.items() if k in saved and saved[k].shape == v.shape}
         self.load_state_dict(take, strict=False)
         return sorted(take), sorted(set(own) - set(take))
