@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tokensr.methods.ugtsr.model import (
     UGTSR, AlignAttention, TopKFusion, gather_codes, knn_codes, pad_lr,
@@ -225,7 +226,8 @@ def test_warm_start_x2_from_x4_copies_every_shared_weight(tok: VQGAN, tmp_path: 
     x4.save_pretrained(tmp_path / "x4")
     x2 = UGTSR.create(tok, scale=2, preset="tiny", top_k=3, align_attention=True, uncertainty_head=True)
     before = {k: v.clone() for k, v in x2.state_dict().items()}
-    copied, fresh = x2.warm_start(tmp_path / "x4")
+    copied, bridged, fresh = x2.warm_start(tmp_path / "x4", bridge=False)
+    assert bridged == []
     after, source = x2.state_dict(), x4.state_dict()
     for part in ("encoder.swin.", "encoder.to_code.", "fusion.", "align.", "uncertainty.", "encoder.conv_in."):
         assert any(k.startswith(part) for k in copied), part
@@ -238,3 +240,31 @@ def test_warm_start_x2_from_x4_copies_every_shared_weight(tok: VQGAN, tmp_path: 
     assert set(copied) | set(fresh) == {k for k in after if not k.startswith("tokenizer.")}
     with pytest.raises(ValueError, match="another tokenizer"):
         UGTSR.create(tiny_tokenizer(ch_mult=(1, 2)), scale=2, preset="tiny").warm_start(tmp_path / "x4")
+
+
+def test_bridged_x2_encoder_computes_the_x4_encoder_on_pooled_features(tok: VQGAN, tmp_path: Path) -> None:
+    """With the bridge, the x2 encoder starts as the x4 one with a 2x2 average pool after its
+    LR-resolution blocks: the extra downsampling pools, the widening block passes ``[x; 0]``
+    and ``to_swin`` reads the first channels with the x4 weights."""
+    torch.manual_seed(4)
+    x4 = UGTSR.create(tok, scale=4, preset="tiny", top_k=3, align_attention=True)
+    with torch.no_grad():
+        for p in x4.encoder.parameters():
+            p.normal_(0, 0.3)
+    x4.save_pretrained(tmp_path / "x4")
+    x2 = UGTSR.create(tok, scale=2, preset="tiny", top_k=3, align_attention=True)
+    copied, bridged, fresh = x2.warm_start(tmp_path / "x4")
+    assert "encoder.to_swin.weight" in bridged and not set(bridged) & set(copied)
+    # fresh in the encoder: only what feeds the zeroed conv2 of the widening block
+    assert {k.split(".")[3] for k in fresh if k.startswith("encoder.")} == {"conv1", "norm1", "norm2"}
+    x = torch.rand(2, 3, 16, 24) * 2 - 1
+    e4 = x4.encoder
+    with torch.no_grad():
+        pooled = F.avg_pool2d(e4.body(e4.conv_in(x)), 2)
+        want = e4.swin(e4.to_swin(pooled))
+        got, _ = x2.encoder(x)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5)
+    # the to_swin weights on the new (zero at first) channels stay random, so they can learn
+    extra = x2.encoder.to_swin.weight[:, e4.to_swin.weight.shape[1]:]
+    assert extra.abs().sum() > 0

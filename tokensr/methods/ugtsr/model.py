@@ -326,6 +326,59 @@ class LQEncoder(nn.Module):
         feat = self.swin(self.to_swin(self.body(self.conv_in(x))))
         return feat, self.to_code(F.silu(self.norm_out(feat)))
 
+    @torch.no_grad()
+    def bridge(self, copied: set[str], source: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+        """Function-preserving start for body layers that a warm start left fresh after the copied
+        ones (an x2 encoder started from an x4 one has one more downsampling).
+
+        Each fresh :class:`Downsample` becomes a 2x2 average pool; each fresh ResNet block becomes
+        the identity, its residual branch zeroed and a widening skip set to ``[I; 0]``; a fresh
+        ``to_swin`` that is wider than the source's takes the source's weights on its first input
+        channels. The x2 encoder then computes the x4 encoder with an average pool after its
+        LR-resolution blocks. The remaining ``to_swin`` weights keep their random start (they
+        read channels that are zero at first, so the function is unchanged, and they let those
+        channels receive gradients). Returns the names of the parameters set here.
+        """
+        set_here: list[str] = []
+        layers = list(self.body)
+        first_fresh = next((i for i in range(len(layers)) if not any(
+            k.startswith(f"{prefix}body.{i}.") for k in copied)), len(layers))
+        if first_fresh == 0 or any(k.startswith(f"{prefix}body.{i}.") for i in range(first_fresh, len(layers))
+                                   for k in copied):
+            return set_here  # nothing copied before the fresh layers, or copied ones after them
+        for i in range(first_fresh, len(layers)):
+            layer, name = layers[i], f"{prefix}body.{i}."
+            if isinstance(layer, Downsample):
+                w = layer.conv.weight
+                w.zero_()
+                eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+                w[:, :, :2, :2] = 0.25 * eye[:, :, None, None]
+                assert layer.conv.bias is not None
+                layer.conv.bias.zero_()
+                set_here += [name + "conv.weight", name + "conv.bias"]
+            elif isinstance(layer, ResnetBlock):
+                layer.conv2.weight.zero_()
+                layer.conv2.bias.zero_()
+                set_here += [name + "conv2.weight", name + "conv2.bias"]
+                if isinstance(layer.skip, nn.Conv2d):
+                    out_ch, in_ch = layer.skip.weight.shape[:2]
+                    layer.skip.weight.zero_()
+                    layer.skip.weight[:in_ch, :, 0, 0] = torch.eye(in_ch, dtype=layer.skip.weight.dtype,
+                                                                   device=layer.skip.weight.device)
+                    assert layer.skip.bias is not None and out_ch >= in_ch
+                    layer.skip.bias.zero_()
+                    set_here += [name + "skip.weight", name + "skip.bias"]
+            else:  # an upsampling or other layer: no identity start known; leave the bridge here
+                return set_here
+        key = f"{prefix}to_swin.weight"
+        src = source.get(key)
+        w = self.to_swin.weight
+        if key not in copied and src is not None and src.shape[0] == w.shape[0] and src.shape[2:] == w.shape[2:] \
+                and src.shape[1] < w.shape[1]:
+            w[:, : src.shape[1]] = src.to(w)
+            set_here.append(key)  # (its bias has the same shape, so the warm start copied it)
+        return set_here
+
 
 class LQPyramid(nn.Module):
     """Upsample the token-level LQ features to the input resolution of decoder stages
@@ -474,10 +527,12 @@ class UGTSR(nn.Module, PretrainedMixin):
             raise ValueError(f"'{name_or_path}' does not fit the requested UGTSR config ({what})")
         return model.eval().to(device)
 
-    def warm_start(self, name_or_path: str | Path) -> tuple[list[str], list[str]]:
+    def warm_start(self, name_or_path: str | Path, bridge: bool = True) -> tuple[list[str], list[str], list[str]]:
         """Copy in every weight of a saved UGTSR (of any scale or preset) whose name and shape
-        match one of this model's trained modules; the tokenizer is left as it is. Returns
-        ``(copied, fresh)`` parameter names. This starts an x2 model from an x4 one: only the
+        match one of this model's trained modules; the tokenizer is left as it is. With
+        ``bridge``, the encoder layers the source lacks get a function-preserving start
+        (:meth:`LQEncoder.bridge`). Returns ``(copied, bridged, fresh)`` parameter names.
+        This starts an x2 model from an x4 one: only the
         LQ encoder's resolution-changing layers differ, the Swin groups, fusion, Align-Attention
         and decoder-side layers carry over."""
         folder = resolve(name_or_path)
@@ -492,7 +547,8 @@ class UGTSR(nn.Module, PretrainedMixin):
         own = {k: v for k, v in state.items() if not k.startswith("tokenizer.")}
         take = {k: saved[k] for k, v in own.items() if k in saved and saved[k].shape == v.shape}
         self.load_state_dict(take, strict=False)
-        return sorted(take), sorted(set(own) - set(take))
+        bridged = self.encoder.bridge(set(take), saved, prefix="encoder.") if bridge else []
+        return sorted(take), sorted(bridged), sorted(set(own) - set(take) - set(bridged))
 
     # --- properties -------------------------------------------------------------------------------
     @property

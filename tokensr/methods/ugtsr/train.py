@@ -19,7 +19,9 @@ Task config keys (``task_config`` in the YAML):
 - ``tokenizer``: VQGAN folder or bundled name (stage I; stage II without ``init``).
 - ``init``: a UGTSR folder to start from (stage II: the stage-I export; optional in stage I).
 - ``warm_start``: a UGTSR folder of another scale (or preset) whose weights of matching name and
-  shape are copied into the new model (e.g. x2 from a trained x4); the rest start fresh.
+  shape are copied into the new model (e.g. x2 from a trained x4); the encoder layers the source
+  lacks start function-preserving (an average-pool downsampling and identity ResNet blocks, see
+  :meth:`tokensr.methods.ugtsr.model.LQEncoder.bridge`); the rest start fresh.
 - ``preset`` (``small`` | ``paper`` | ``tiny``), ``scale`` (4 | 2), ``model``: UGTSRConfig
   field overrides (``top_k``, ``align_attention``, ``align_stages``, ``fusion_stages``, sizes...).
 - ``uncertainty`` (true), ``uncertainty_from`` (stage II: the frozen estimator's folder,
@@ -236,10 +238,11 @@ class _Stage:
         source = self.cfg.get("warm_start")
         if source is not None:
             try:
-                copied, fresh = model.warm_start(source)
+                copied, bridged, fresh = model.warm_start(source)
             except (FileNotFoundError, ValueError) as e:
                 raise OptionError(f"warm_start {source}: {str(e).splitlines()[0]}") from e
-            log.info("warm start from %s: %d tensors copied, %d fresh (%s)", source, len(copied), len(fresh),
+            log.info("warm start from %s: %d tensors copied, %d bridged (function-preserving start), %d fresh (%s)",
+                     source, len(copied), len(bridged), len(fresh),
                      ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""))
         return model
 
