@@ -125,3 +125,24 @@ def test_wrong_weights_are_clear_errors(tiny_folder: Path) -> None:
     except WeightsNotFoundError:  # until the weights are bundled
         with pytest.raises(OptionError, match="no bundled weights"):
             build(scale=4, weights=None)
+
+
+def test_color_fix_option(tiny_folder: Path) -> None:
+    """``color_fix`` (default wavelet) corrects the decoded tokens towards the LR input's colours."""
+    from tokensr.errors import OptionError
+    from tokensr.inference.colorfix import channel_stats, wavelet_decompose
+    from tokensr.methods.iter.method import DEFAULT_COLOR_FIX, build
+
+    lr = torch.rand(1, 3, 12, 16) * 0.4 + 0.3
+    plain = build(weights=str(tiny_folder), color_fix="none")(lr)
+    adain = build(weights=str(tiny_folder), color_fix="adain")(lr)
+    wave = build(weights=str(tiny_folder), color_fix=" Wavelet")(lr)
+    assert DEFAULT_COLOR_FIX == "wavelet" and torch.equal(build(weights=str(tiny_folder))(lr), wave)
+    assert plain.shape == adain.shape == wave.shape == (1, 3, 48, 64)
+    mean_lr, _ = channel_stats(lr)
+    assert (channel_stats(adain)[0] - mean_lr).abs().max() < 0.02 < (channel_stats(plain)[0] - mean_lr).abs().max()
+    up = torch.nn.functional.interpolate(lr, size=plain.shape[-2:], mode="bicubic", align_corners=False)
+    low_err = lambda x: (wavelet_decompose(x)[1] - wavelet_decompose(up)[1]).abs().mean()  # noqa: E731
+    assert low_err(wave) < 0.5 * low_err(plain)
+    with pytest.raises(OptionError, match="option color_fix must be one of"):
+        build(weights=str(tiny_folder), color_fix="histogram")

@@ -85,7 +85,7 @@ def test_color_fix_option(x4: Path) -> None:
     up = torch.nn.functional.interpolate(lr, size=plain.shape[-2:], mode="bicubic", align_corners=False)
     low_err = lambda x: (wavelet_decompose(x)[1] - wavelet_decompose(up)[1]).abs().mean()  # noqa: E731
     assert low_err(wave) < 0.5 * low_err(plain)
-    with pytest.raises(OptionError, match="colour fix"):
+    with pytest.raises(OptionError, match="option color_fix must be one of adain, wavelet, none"):
         build(weights=str(x4), color_fix="histogram")
 
 

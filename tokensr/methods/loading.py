@@ -66,6 +66,14 @@ def as_bool(name: str, value: Any) -> bool:
     raise OptionError(f"option {name} must be true or false, got '{value}'")
 
 
+def as_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` as one of ``choices`` (surrounding spaces and case ignored)."""
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise OptionError(f"option {name} must be one of {', '.join(choices)}, got '{value}'")
+    return text
+
+
 def as_float(name: str, value: Any, minimum: float = 0.0, maximum: float | None = None) -> float:
     """``value`` as a number in ``[minimum, maximum]`` (no upper bound when ``maximum`` is None)."""
     try:

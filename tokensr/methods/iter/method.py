@@ -21,6 +21,9 @@ Options (strings are accepted, as the benchmark passes them):
   by the evaluation scores) as the reference code does; false (default) is deterministic:
   argmax tokens and the top-scored tokens kept. ``seed`` (0) seeds the draws.
 - ``tile`` (auto): LR tile side in pixels; 0 turns tiling off. ``tile_overlap`` (auto).
+- ``color_fix`` (``none`` | ``wavelet`` | ``adain``; default :data:`DEFAULT_COLOR_FIX`): correct
+  the decoded colours towards the LR input (``tokensr.inference.colorfix``), per tile. The
+  decoder sees only tokens, so low-frequency colour drifts are corrected here (as UGTSR does).
 - ``save_steps``: also write a Fig.-1-style PNG per image (decoded image after each step and
   the keep masks); a path ending in ``.png`` or a folder (``True``: ``iter-steps/``).
 
@@ -38,14 +41,16 @@ from typing import Any
 import torch
 
 from tokensr.errors import OptionError
+from tokensr.inference.colorfix import COLOR_FIXES, color_fix
 from tokensr.inference.tiling import pad_to_multiple, upscale_tiled
 from tokensr.methods.iter.model import ITER
-from tokensr.methods.loading import as_bool, as_float, as_int, load_saved_model, save_steps_target
+from tokensr.methods.loading import as_bool, as_choice, as_float, as_int, load_saved_model, save_steps_target
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS: dict[int, str] = {4: "iter-small-x4", 2: "iter-small-x2"}
 DEFAULT_STEPS_DIR = "iter-steps"
+DEFAULT_COLOR_FIX = "wavelet"  # as UGTSR's: keeps the LR's low frequencies (docs/iter.md)
 MAX_TOKENS = 360 * 360  # reference: whole images up to 720^2 LR px at f=8 x4 = 360^2 tokens
 TILE_TOKENS = 128  # reference: 256-px LR tiles at f=8 x4
 OVERLAP_TOKENS = 16  # reference: 16 px padding on each side of a 256-px tile = 2 x 8 tokens
@@ -92,8 +97,10 @@ class ITERMethod:
         tile: int | None = None,
         tile_overlap: int | None = None,
         save_steps: str | None = None,
+        color: str = DEFAULT_COLOR_FIX,
     ) -> None:
         self.model = model.eval()
+        self.color = as_choice("color_fix", color, COLOR_FIXES)
         self.scale = model.scale
         self.steps = int(model.config.steps if steps is None else steps)
         self.alpha = float(model.config.alpha if alpha is None else alpha)
@@ -158,8 +165,10 @@ class ITERMethod:
         )
         self.last_start_steps += [int(v) for v in result.start_steps.tolist()]
         self.last_good_fraction += result.good_init.flatten(1).float().mean(1).tolist()
-        img = self.model.decode_tokens(result.tokens)
-        return img[..., : h * self.scale, : w * self.scale], result
+        img = self.model.decode_tokens(result.tokens)[..., : h * self.scale, : w * self.scale]
+        if self.color != "none":
+            img = color_fix(img, lr.to(img), self.color).clamp(0, 1)
+        return img, result
 
     # --- whole images --------------------------------------------------------------------------
     def _check(self, lr: torch.Tensor) -> torch.Tensor:
@@ -241,7 +250,8 @@ def load_model(weights: str | None, scale: int, device: str | torch.device = "cp
     return load_saved_model(ITER, weights, scale, DEFAULT_WEIGHTS, device)
 
 
-KNOWN_OPTIONS = ("steps", "alpha", "adaptive", "sample", "temperature", "seed", "tile", "tile_overlap", "save_steps")
+KNOWN_OPTIONS = ("steps", "alpha", "adaptive", "sample", "temperature", "seed", "tile", "tile_overlap", "save_steps",
+                 "color_fix")
 
 
 def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> ITERMethod:
@@ -267,7 +277,8 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         tile=tile,
         tile_overlap=as_int("tile_overlap", opts["tile_overlap"], minimum=0) if "tile_overlap" in opts else None,
         save_steps=save_steps_target(opts.get("save_steps"), DEFAULT_STEPS_DIR),
+        color=as_choice("color_fix", opts.get("color_fix", DEFAULT_COLOR_FIX), COLOR_FIXES),
     )
 
 
-__all__ = ["DEFAULT_WEIGHTS", "ITERMethod", "ITEROutput", "build", "load_model"]
+__all__ = ["DEFAULT_COLOR_FIX", "DEFAULT_WEIGHTS", "ITERMethod", "ITEROutput", "build", "load_model"]

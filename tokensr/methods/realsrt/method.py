@@ -38,7 +38,7 @@ from tokensr.inference.patches import aggregate_patches
 from tokensr.methods.realsrt.figure import save_step_figure
 from tokensr.methods.realsrt.model import Condition, RealSRT
 from tokensr.methods.realsrt.sampling import CONFIDENCES, ROUNDINGS, GenerationResult
-from tokensr.methods.loading import as_bool, as_float, as_int, load_saved_model, save_steps_target
+from tokensr.methods.loading import as_bool, as_choice, as_float, as_int, load_saved_model, save_steps_target
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +185,6 @@ def default_stride(model: RealSRT, patch: int) -> int:
     return max(1, patch // 2)
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    text = str(value).strip().lower()
-    if text not in choices:
-        raise OptionError(f"option {name} must be one of {', '.join(choices)}, got '{value}'")
-    return text
-
-
 def load_model(weights: str | None, scale: int, device: str | torch.device = "cpu") -> RealSRT:
     """Load a saved RealSRT folder (or the bundled default for ``scale``) onto ``device``."""
     return load_saved_model(RealSRT, weights, scale, DEFAULT_WEIGHTS, device)
@@ -209,7 +202,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
     opts = {k: v for k, v in options.items() if v is not None}
     model = load_model(weights, int(scale), device)
 
-    confidence = _choice("confidence", opts.get("confidence", "critic" if model.critic is not None else "generator"),
+    confidence = as_choice("confidence", opts.get("confidence", "critic" if model.critic is not None else "generator"),
                          CONFIDENCES)
     if confidence == "critic" and model.critic is None:
         raise OptionError("this realsrt model has no critic; use --confidence generator or train the critic stage")
@@ -232,8 +225,8 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         patch=patch,
         stride=stride,
         batch=as_int("batch", opts.get("batch", 8)),
-        color=_choice("color_fix", opts.get("color_fix", "adain"), COLOR_FIXES),
-        rounding=_choice("rounding", opts.get("rounding", "ceil"), ROUNDINGS),
+        color=as_choice("color_fix", opts.get("color_fix", "adain"), COLOR_FIXES),
+        rounding=as_choice("rounding", opts.get("rounding", "ceil"), ROUNDINGS),
         temperature=as_float("temperature", opts.get("temperature", 0.0)),
         seed=as_int("seed", opts.get("seed", 0), minimum=0),
         save_steps=save_steps,

@@ -24,7 +24,7 @@ import torch
 from tokensr.errors import OptionError
 from tokensr.inference.colorfix import COLOR_FIXES, color_fix
 from tokensr.methods.ugtsr.model import UGTSR
-from tokensr.methods.loading import as_int, load_saved_model
+from tokensr.methods.loading import as_choice, as_int, load_saved_model
 
 # bundled default per scale (trained by the lead; see docs/ugtsr.md)
 DEFAULT_WEIGHTS: dict[int, str] = {4: "ugtsr-small-x4", 2: "ugtsr-small-x2"}
@@ -38,8 +38,7 @@ class UGTSRMethod:
 
     def __init__(self, model: UGTSR, top_k: int | None = None, tile: int | None = AUTO_TILE,
                  tile_overlap: int = DEFAULT_OVERLAP, color: str = DEFAULT_COLOR_FIX) -> None:
-        if color not in COLOR_FIXES:
-            raise OptionError(f"unknown colour fix '{color}' (choose from {', '.join(COLOR_FIXES)})")
+        as_choice("color_fix", color, COLOR_FIXES)
         self.model = model.eval()
         self.color = color
         self.scale = model.scale
@@ -131,7 +130,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         top_k=top_k,
         tile=_tile(options.get("tile")),
         tile_overlap=DEFAULT_OVERLAP if overlap is None else as_int("tile_overlap", overlap, 0),
-        color=str(options.get("color_fix") or DEFAULT_COLOR_FIX).strip().lower(),
+        color=as_choice("color_fix", options.get("color_fix") or DEFAULT_COLOR_FIX, COLOR_FIXES),
     )
 
 
