@@ -139,3 +139,21 @@ def test_missing_bundled_weights_is_a_clear_error() -> None:
         build(scale=2, weights=None)
     with pytest.raises(OptionError, match="x3"):
         build(scale=3, weights=None)
+
+
+def test_bundled_x4_is_the_default_and_runs() -> None:
+    """realsrt-small-x4 (generator + critic + CCM, 16-px patches) loads by default, is the
+    default method at x4 and upscales any size, in [0, 1], following its input."""
+    from tokensr.methods import default_method
+    from tokensr.methods.realsrt.method import DEFAULT_COLOR_FIX
+
+    assert default_method(4) == "realsrt"
+    method = build(scale=4)
+    m = method.model
+    assert m.critic is not None and m.ccm is not None and m.config.lr_patch == 16
+    assert method.confidence == "critic" and method.use_ccm and method.color == DEFAULT_COLOR_FIX
+    lr = torch.rand(1, 3, 13, 10)
+    sr = method(lr)
+    assert sr.shape == (1, 3, 52, 40) and 0 <= sr.min() and sr.max() <= 1
+    up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    assert (sr - up).abs().mean() < (sr - up.flip(-1).flip(-2)).abs().mean()

@@ -13,7 +13,7 @@ Options (strings are accepted, as the benchmark passes them):
 - ``ccm`` (true when the model has one): decode through the conditional controlling module.
 - ``patch`` (the model's ``lr_patch``), ``stride`` (the model's saved stride, else patch/2:
   the paper's half overlap), ``batch`` (patches per forward
-  pass; 8), ``color_fix`` ('adain' | 'wavelet' | 'none'), ``rounding`` ('ceil' as in the paper |
+  pass; 8), ``color_fix`` (:data:`DEFAULT_COLOR_FIX` | 'adain' | 'none'), ``rounding`` ('ceil' as in the paper |
   'floor' as in the reference code), ``temperature`` (0 = argmax, deterministic) and ``seed``
   (for temperature > 0).
 - ``save_steps``: also write a Fig.-1-style PNG (image after each step + confidence maps).
@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 # bundled default per scale (trained by the lead; see docs/realsrt.md)
 DEFAULT_WEIGHTS: dict[int, str] = {4: "realsrt-small-x4", 2: "realsrt-small-x2"}
+# colour correction of each decoded patch towards its LR patch: the paper's 'adain', or
+# 'wavelet' (the LR's low frequencies with the model's detail), chosen on set14_realesrgan_x4
+# for the bundled weights (docs/realsrt.md)
+DEFAULT_COLOR_FIX = "wavelet"
 # where step figures go when save_steps is just "on" (the CLI flag without a path)
 DEFAULT_STEPS_DIR = "realsrt-steps"
 
@@ -72,7 +76,7 @@ class RealSRTMethod:
         patch: int | None = None,
         stride: int | None = None,
         batch: int = 8,
-        color: str = "adain",
+        color: str = "adain",  # the paper's per-patch AdaIN; build() defaults to DEFAULT_COLOR_FIX
         rounding: str = "ceil",
         temperature: float = 0.0,
         seed: int = 0,
@@ -225,7 +229,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         patch=patch,
         stride=stride,
         batch=as_int("batch", opts.get("batch", 8)),
-        color=as_choice("color_fix", opts.get("color_fix", "adain"), COLOR_FIXES),
+        color=as_choice("color_fix", opts.get("color_fix", DEFAULT_COLOR_FIX), COLOR_FIXES),
         rounding=as_choice("rounding", opts.get("rounding", "ceil"), ROUNDINGS),
         temperature=as_float("temperature", opts.get("temperature", 0.0)),
         seed=as_int("seed", opts.get("seed", 0), minimum=0),
