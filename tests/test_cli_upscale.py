@@ -208,5 +208,11 @@ def test_default_method_is_the_best_bundled_one(monkeypatch: pytest.MonkeyPatch)
     assert default_method(4) == default_method(None) == DEFAULT_METHOD == "bicubic"
     bundled(["vqgan-small", "ugtsr-small-x4"])
     assert default_method(4) == "ugtsr" and default_method(2) == "bicubic" and default_method(3) == "bicubic"
+    import tokensr.methods as methods
+
+    monkeypatch.setattr(methods, "NOT_DEFAULT", frozenset())
     bundled(["ugtsr-small-x4", "ugtsr-small-x2", "realsrt-small-x4", "iter-small-x2"])
     assert (default_method(4), default_method(2)) == ("realsrt", "ugtsr")
+    # weights below the quality bar are bundled for use by name but never the default
+    monkeypatch.setattr(methods, "NOT_DEFAULT", frozenset({"realsrt-small-x4", "ugtsr-small-x2"}))
+    assert (default_method(4), default_method(2)) == ("ugtsr", "iter")

@@ -137,3 +137,18 @@ def test_cli_upscale(x2: Path, tmp_path: Path, make_image: Callable[..., Path]) 
     assert main(["upscale", str(src), "-o", str(out), "--weights", str(x2), "--quiet"]) == 0
     with Image.open(out) as im:
         assert im.size == (46, 34)
+
+
+def test_bundled_x2_runs_but_is_not_the_default() -> None:
+    """ugtsr-small-x2 (the x4 weights with the function-preserving bridge) upscales at x2 by
+    name; it missed the quality bar, so ``tokensr upscale --scale 2`` keeps bicubic."""
+    from tokensr.methods import NOT_DEFAULT, default_method
+
+    method = build(scale=2)
+    assert method.model.scale == 2 and method.model.config.training.get("bridge") is True
+    lr = torch.rand(1, 3, 11, 14)
+    sr = method(lr)
+    assert sr.shape == (1, 3, 22, 28) and 0 <= sr.min() and sr.max() <= 1
+    up = torch.nn.functional.interpolate(lr, scale_factor=2, mode="bicubic", align_corners=False)
+    assert (sr - up).abs().mean() < (sr - up.flip(-1).flip(-2)).abs().mean()
+    assert "ugtsr-small-x2" in NOT_DEFAULT and default_method(2) == "bicubic"
