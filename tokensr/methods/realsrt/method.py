@@ -2,7 +2,7 @@
 
 An LR image of any size is cut into overlapping LR patches of the model's patch size (half
 overlap by default), each patch is upsampled, tokenised, generated in ``steps`` iterations,
-decoded (through the CCM when present) and colour-corrected towards its LR patch (AdaIN), and
+decoded (through the CCM when present) and colour-corrected towards its LR patch (wavelet or AdaIN), and
 the patches are blended with Gaussian weights (``tokensr.inference.patches``).
 
 Options (strings are accepted, as the benchmark passes them):
@@ -12,10 +12,10 @@ Options (strings are accepted, as the benchmark passes them):
   chooses the tokens to re-mask; 'generator' is MaskGIT's rule (the paper's ablation).
 - ``ccm`` (true when the model has one): decode through the conditional controlling module.
 - ``patch`` (the model's ``lr_patch``), ``stride`` (the model's saved stride, else patch/2:
-  the paper's half overlap), ``batch`` (patches per forward
-  pass; 8), ``color_fix`` (:data:`DEFAULT_COLOR_FIX` | 'adain' | 'none'), ``rounding`` ('ceil' as in the paper |
-  'floor' as in the reference code), ``temperature`` (0 = argmax, deterministic) and ``seed``
-  (for temperature > 0).
+  the paper's half overlap), ``batch`` (patches per forward pass; 8), ``color_fix``
+  (:data:`DEFAULT_COLOR_FIX` 'wavelet' | 'adain' as in the paper | 'none'), ``rounding``
+  ('ceil' as in the paper | 'floor' as in the reference code), ``temperature`` (0 = argmax,
+  deterministic) and ``seed`` (for temperature > 0).
 - ``save_steps``: also write a Fig.-1-style PNG (image after each step + confidence maps).
   A path ending in ``.png`` is written as given (``-2``, ``-3``... appended for later images);
   otherwise it is a folder and each image gets ``<name>_steps.png`` where ``name`` is
