@@ -1,9 +1,10 @@
 """RealSRT as an SR method: ``build(scale, weights, device, **options)``.
 
-An LR image of any size is cut into overlapping LR patches of the model's patch size (half
-overlap by default), each patch is upsampled, tokenised, generated in ``steps`` iterations,
-decoded (through the CCM when present) and colour-corrected towards its LR patch (wavelet or AdaIN), and
-the patches are blended with Gaussian weights (``tokensr.inference.patches``).
+An LR image of any size is cut into overlapping LR patches of the model's patch size (the
+model's saved stride, else half overlap), each patch is upsampled, tokenised, generated in
+``steps`` iterations, decoded (through the CCM when present) and colour-corrected towards its
+LR patch (wavelet or AdaIN), and the patches are blended with Gaussian weights
+(``tokensr.inference.patches``).
 
 Options (strings are accepted, as the benchmark passes them):
 
