@@ -430,3 +430,15 @@ def test_to_pil_modes() -> None:
     rgb16 = LoadedImage.from_planes(np.full((3, 4, 3), 0.5, np.float32), bit_depth=16)
     assert to_pil(rgb16).mode == "RGB"
     assert Image.open(io.BytesIO(encode_image(rgb16, "PNG"))).mode == "RGB"
+
+
+def test_saved_weights_and_checkpoints_get_normal_permissions(tmp_path: Path) -> None:
+    """Model exports and training checkpoints (``atomic_write_bytes``) get the umask's usual
+    permissions too, not mkstemp's 0600."""
+    from tokensr.io.permissions import NEW_FILE_MODE
+    from tokensr.pretrained import atomic_write_bytes
+
+    target = tmp_path / "w" / "model.safetensors"
+    atomic_write_bytes(target, lambda p: Path(p).write_bytes(b"x"))
+    assert target.read_bytes() == b"x" and sorted(p.name for p in target.parent.iterdir()) == ["model.safetensors"]
+    assert target.stat().st_mode & 0o777 == NEW_FILE_MODE

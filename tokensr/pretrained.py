@@ -18,6 +18,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from safetensors.torch import load_file, save_file
 
+from tokensr.io.permissions import NEW_FILE_MODE
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -71,6 +73,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, NEW_FILE_MODE)  # mkstemp's 0600 -> the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -29,6 +29,7 @@ from PIL import Image
 from tokensr.errors import OptionError, TokensrError
 from tokensr.io.encoders import encode_png16, encode_tiff16
 from tokensr.io.loaded import LoadedImage
+from tokensr.io.permissions import NEW_FILE_MODE
 from tokensr.io.read import icc_colour_space
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,6 @@ OUTPUT_FORMATS: dict[str, str] = {
 DEFAULT_QUALITY = 95
 _EXISTS = "{path}: already exists (use --overwrite / overwrite=True to replace it)"
 
-# The process umask, read once, so that outputs get the usual permissions (mkstemp uses 0600).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class ImageWriteError(TokensrError):
@@ -196,7 +194,7 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, NEW_FILE_MODE)
         if overwrite:
             os.replace(tmp, path)
             return
