@@ -2,29 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from bench_scripts import load_script
 from tokensr.methods.iter.model import ITER
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "iter_alpha_sweep.py"
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("iter_alpha_sweep", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +42,7 @@ def _rows(table: Path) -> list[list[str]]:
 
 
 def test_sweep_table_has_a_row_per_alpha(data: Path) -> None:
-    script = load_script()
+    script = load_script("iter_alpha_sweep")
     out = data / "sweep.md"
     assert script.main(["--weights", str(data / "iter"), "--pairs", str(data / "pairs"), "--out", str(out)]) == 0
     rows = _rows(out)
@@ -74,7 +61,7 @@ def test_sweep_table_has_a_row_per_alpha(data: Path) -> None:
 
 
 def test_sweep_with_crop_and_steps(data: Path) -> None:
-    script = load_script()
+    script = load_script("iter_alpha_sweep")
     out = data / "crop.md"
     rc = script.main(["--weights", str(data / "iter"), "--pairs", str(data / "pairs"), "--alphas", "0:1:0.5",
                       "--steps", "4", "--crop", "4", "--out", str(out)])
@@ -86,7 +73,7 @@ def test_sweep_with_crop_and_steps(data: Path) -> None:
 
 
 def test_parse_alphas_and_errors(data: Path) -> None:
-    script = load_script()
+    script = load_script("iter_alpha_sweep")
     assert script.parse_alphas("0.5,0,0.5") == [0.0, 0.5]
     assert script.parse_alphas("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
     with pytest.raises(argparse.ArgumentTypeError):

@@ -1,27 +1,16 @@
 """benchmarks/realsrt_steps.py on tiny generated data and a tiny random RealSRT (critic + CCM)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from bench_scripts import load_script
 from tiny_models import tiny_tokenizer
 from tokensr.methods.realsrt.model import RealSRT
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -1,28 +1,17 @@
 """The UGTSR benchmark scripts on tiny generated data and a tiny random model."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from bench_scripts import load_script
 from tokensr.methods.ugtsr.model import UGTSR
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _model(folder: Path, top_k: int, align: bool, uncertainty_loss: str) -> Path:
