@@ -68,3 +68,15 @@ def test_steps_script_refuses_other_models(tmp_path: Path) -> None:
     UGTSR.create(tiny_tokenizer(), scale=4, preset="tiny").save_pretrained(tmp_path / "u")
     mod = load_script("realsrt_steps")
     assert mod.main(["--weights", str(tmp_path / "u"), "--data", str(tmp_path)]) == 2
+
+
+def test_crop_pairs_keeps_lr_and_hr_aligned(data: Path, tmp_path: Path) -> None:
+    mod = load_script("crop_pairs")
+    assert mod.main([str(data / "pairs"), str(tmp_path / "c"), "--size", "6", "--scale", "4"]) == 0
+    for i in range(2):
+        lr = np.asarray(Image.open(data / "pairs/lr" / f"im{i}.png"))  # 8 x 12
+        hr = np.asarray(Image.open(data / "pairs/hr" / f"im{i}.png"))
+        lr_c = np.asarray(Image.open(tmp_path / "c/lr" / f"im{i}.png"))
+        hr_c = np.asarray(Image.open(tmp_path / "c/hr" / f"im{i}.png"))
+        assert lr_c.shape == (6, 6, 3) and hr_c.shape == (24, 24, 3)
+        assert np.array_equal(lr_c, lr[1:7, 3:9]) and np.array_equal(hr_c, hr[4:28, 12:36])
