@@ -277,7 +277,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         tile=tile,
         tile_overlap=as_int("tile_overlap", opts["tile_overlap"], minimum=0) if "tile_overlap" in opts else None,
         save_steps=save_steps_target(opts.get("save_steps"), DEFAULT_STEPS_DIR),
-        color=as_choice("color_fix", opts.get("color_fix", DEFAULT_COLOR_FIX), COLOR_FIXES),
+        color=opts.get("color_fix", DEFAULT_COLOR_FIX),  # checked by ITERMethod
     )
 
 

@@ -38,9 +38,8 @@ class UGTSRMethod:
 
     def __init__(self, model: UGTSR, top_k: int | None = None, tile: int | None = AUTO_TILE,
                  tile_overlap: int = DEFAULT_OVERLAP, color: str = DEFAULT_COLOR_FIX) -> None:
-        as_choice("color_fix", color, COLOR_FIXES)
         self.model = model.eval()
-        self.color = color
+        self.color = as_choice("color_fix", color, COLOR_FIXES)
         self.scale = model.scale
         self.top_k = model.resolve_top_k(top_k)
         self.tile = tile
@@ -130,7 +129,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         top_k=top_k,
         tile=_tile(options.get("tile")),
         tile_overlap=DEFAULT_OVERLAP if overlap is None else as_int("tile_overlap", overlap, 0),
-        color=as_choice("color_fix", options.get("color_fix") or DEFAULT_COLOR_FIX, COLOR_FIXES),
+        color=options.get("color_fix") or DEFAULT_COLOR_FIX,  # checked by UGTSRMethod
     )
 
 
