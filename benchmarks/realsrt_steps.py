@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                           figures=0, progress=False)
         with torch.no_grad():
             result = run_bench(cfg)
-        paired = {d.name: load_dataset(d, args.max_images).paired for d in args.data}
+        # keyed as the bench names its rows (the resolved folder name)
+        paired = {ds.name: ds.paired for ds in (load_dataset(d, args.max_images) for d in args.data)}
     except TokensrError as e:
         print(f"realsrt_steps: error: {e}", file=sys.stderr)
         return 2

@@ -47,7 +47,6 @@ DEFAULT_QUALITY = 95
 _EXISTS = "{path}: already exists (use --overwrite / overwrite=True to replace it)"
 
 
-
 class ImageWriteError(TokensrError):
     """An output file cannot be written (exists, is an input, or the disk refused)."""
 

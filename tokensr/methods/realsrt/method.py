@@ -77,7 +77,7 @@ class RealSRTMethod:
         patch: int | None = None,
         stride: int | None = None,
         batch: int = 8,
-        color: str = "adain",  # the paper's per-patch AdaIN; build() defaults to DEFAULT_COLOR_FIX
+        color: str = DEFAULT_COLOR_FIX,
         rounding: str = "ceil",
         temperature: float = 0.0,
         seed: int = 0,

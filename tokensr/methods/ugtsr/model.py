@@ -341,10 +341,10 @@ class LQEncoder(nn.Module):
         """
         set_here: list[str] = []
         layers = list(self.body)
-        first_fresh = next((i for i in range(len(layers)) if not any(
-            k.startswith(f"{prefix}body.{i}.") for k in copied)), len(layers))
-        if first_fresh == 0 or any(k.startswith(f"{prefix}body.{i}.") for i in range(first_fresh, len(layers))
-                                   for k in copied):
+        body = f"{prefix}body."
+        copied_layers = {int(k[len(body):].split(".")[0]) for k in copied if k.startswith(body)}
+        first_fresh = next((i for i in range(len(layers)) if i not in copied_layers), len(layers))
+        if first_fresh == 0 or any(i > first_fresh for i in copied_layers):
             return set_here  # nothing copied before the fresh layers, or copied ones after them
         for i in range(first_fresh, len(layers)):
             layer, name = layers[i], f"{prefix}body.{i}."
@@ -532,9 +532,8 @@ class UGTSR(nn.Module, PretrainedMixin):
         match one of this model's trained modules; the tokenizer is left as it is. With
         ``bridge``, the encoder layers the source lacks get a function-preserving start
         (:meth:`LQEncoder.bridge`). Returns ``(copied, bridged, fresh)`` parameter names.
-        This starts an x2 model from an x4 one: only the
-        LQ encoder's resolution-changing layers differ, the Swin groups, fusion, Align-Attention
-        and decoder-side layers carry over."""
+        This starts an x2 model from an x4 one: only the LQ encoder's resolution-changing layers
+        differ, the Swin groups, fusion, Align-Attention and decoder-side layers carry over."""
         folder = resolve(name_or_path)
         data = read_config(folder)
         if data.get("model_type") != self.model_type:
