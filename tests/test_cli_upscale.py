@@ -191,6 +191,9 @@ def test_method_options_forward_only_what_was_given(tmp_path: Path) -> None:
                               "--confidence", "generator", "--no-ccm", "--save-steps"])
     assert method_options(args) == {"steps": 6, "confidence": "generator", "ccm": False,
                                     "save_steps": str(tmp_path / "out" / "steps")}
+    args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "out"), "--color-fix", "adain",
+                              "--color-levels", "3"])
+    assert method_options(args) == {"color_fix": "adain", "color_levels": 3}
     args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "x.png"), "--save-steps", "figs"])
     assert method_options(args)["save_steps"] == "figs"
     args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "x.png"), "--save-steps"])

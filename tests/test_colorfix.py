@@ -61,3 +61,20 @@ def test_color_fix_modes() -> None:
     with pytest.raises(OptionError):
         color_fix(a, b, "histogram")
     assert F.mse_loss(color_fix(a, b, "adain"), a) > 0
+
+
+def test_wavelet_levels_trade_fidelity_for_texture() -> None:
+    """Fewer levels take more of the image from the (upsampled) reference, more levels keep more
+    of the content; 0 levels is refused."""
+    torch.manual_seed(1)
+    content = torch.rand(1, 3, 64, 64)
+    style = torch.rand(1, 3, 16, 16)
+    up = F.interpolate(style, size=(64, 64), mode="bicubic", align_corners=False)
+    to_ref = [F.mse_loss(wavelet_color_fix(content, style, n), up).item() for n in (1, 2, 3, 4, 5)]
+    to_content = [F.mse_loss(wavelet_color_fix(content, style, n), content).item() for n in (1, 2, 3, 4, 5)]
+    assert to_ref == sorted(to_ref) and to_ref[0] < 0.5 * to_ref[-1]
+    assert to_content == sorted(to_content, reverse=True)
+    assert torch.allclose(color_fix(content, style, "wavelet", 2), wavelet_color_fix(content, style, 2))
+    assert torch.equal(color_fix(content, style, "none", 2), content)
+    with pytest.raises(OptionError, match="at least 1 level"):
+        wavelet_color_fix(content, style, 0)

@@ -146,3 +146,9 @@ def test_color_fix_option(tiny_folder: Path) -> None:
     assert low_err(wave) < 0.5 * low_err(plain)
     with pytest.raises(OptionError, match="option color_fix must be one of"):
         build(weights=str(tiny_folder), color_fix="histogram")
+    # color_levels: fewer wavelet levels follow the upsampled LR more closely
+    shallow = build(weights=str(tiny_folder), color_levels="1")
+    assert shallow.color_levels == 1
+    assert (shallow(lr) - up).abs().mean() < (build(weights=str(tiny_folder), color_levels=6)(lr) - up).abs().mean()
+    with pytest.raises(OptionError, match="color_levels"):
+        build(weights=str(tiny_folder), color_levels=0)

@@ -52,7 +52,8 @@ def test_end_to_end_any_size_deterministic(folder: Path) -> None:
 def test_options_change_the_result(folder: Path) -> None:
     lr = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(1))
     base = build(weights=str(folder))(lr)
-    for opts in ({"ccm": "false"}, {"confidence": "generator"}, {"steps": "1"}, {"color_fix": "none"}):
+    for opts in ({"ccm": "false"}, {"confidence": "generator"}, {"steps": "1"}, {"color_fix": "none"},
+                 {"color_levels": "2"}):
         out = build(weights=str(folder), **opts)(lr)
         assert out.shape == base.shape and not torch.equal(out, base), opts
     # sampling with a temperature is reproducible for a given seed

@@ -87,6 +87,13 @@ def test_color_fix_option(x4: Path) -> None:
     assert low_err(wave) < 0.5 * low_err(plain)
     with pytest.raises(OptionError, match="option color_fix must be one of adain, wavelet, none"):
         build(weights=str(x4), color_fix="histogram")
+    # color_levels: fewer wavelet levels follow the upsampled LR more closely
+    up = torch.nn.functional.interpolate(lr, size=plain.shape[-2:], mode="bicubic", align_corners=False)
+    shallow, deep = build(weights=str(x4), color_levels="1"), build(weights=str(x4), color_levels=6)
+    assert (shallow.color_levels, deep.color_levels) == (1, 6)
+    assert (shallow(lr) - up).abs().mean() < (deep(lr) - up).abs().mean()
+    with pytest.raises(OptionError, match="color_levels"):
+        build(weights=str(x4), color_levels="0")
 
 
 def test_tiling(x4: Path) -> None:
@@ -103,10 +110,12 @@ def test_tiling(x4: Path) -> None:
 
 def test_bundled_x4_runs() -> None:
     """The bundled ugtsr-small-x4 loads by default and upscales any size, in [0, 1]."""
+    from tokensr.methods.ugtsr.method import COLOR_LEVELS
+
     method = build(scale=4)
     lr = torch.rand(1, 3, 13, 10)
     sr = method(lr)
-    assert method.model.config.top_k == 3 and method.color == "wavelet"
+    assert method.model.config.top_k == 3 and method.color == "wavelet" and method.color_levels == COLOR_LEVELS[4]
     assert sr.shape == (1, 3, 52, 40) and 0 <= sr.min() and sr.max() <= 1
     # its output follows the input: closer to the LR's own bicubic upscale than to another image's
     up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)

@@ -48,12 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="RealSRT: which network scores the tokens (default: critic; generator = MaskGIT-style)")
     add("--no-ccm", dest="ccm", action="store_false", default=None,
         help="RealSRT: decode without the conditional controlling module")
+    add("--color-fix", choices=("wavelet", "adain", "none"), default=None,
+        help="token methods: correct colours towards the LR input (default: the method's, wavelet)")
+    add("--color-levels", type=int, default=None, metavar="N",
+        help="token methods: depth of the wavelet colour fix; fewer levels keep more of the LR "
+        "(fidelity), more keep more generated texture (default: the method's)")
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The pass-through options the user actually gave."""
     options: dict[str, Any] = {}
-    for key in ("steps", "alpha", "save_steps", "confidence", "ccm"):
+    for key in ("steps", "alpha", "save_steps", "confidence", "ccm", "color_fix", "color_levels"):
         value = getattr(args, key, None)
         if value is not None:
             options[key] = value

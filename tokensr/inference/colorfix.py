@@ -19,6 +19,12 @@ import torch.nn.functional as F
 from tokensr.errors import OptionError
 
 COLOR_FIXES = ("adain", "wavelet", "none")
+# Wavelet levels (StableSR's 5): the a-trous pyramid's low band, which comes from the reference,
+# holds periods above about 2^(levels+1) output pixels. Fewer levels take more of the image
+# from the upsampled LR (fidelity), more levels keep more of the generated image (texture); at
+# x4, 2 levels take about everything the LR can represent. Methods choose their own default
+# (option ``color_levels``), measured on the development sets.
+DEFAULT_WAVELET_LEVELS = 5
 
 
 def channel_stats(x: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +58,7 @@ def _blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
     return F.conv2d(x, kernel, groups=x.shape[1], dilation=dilation)
 
 
-def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def wavelet_decompose(x: torch.Tensor, levels: int = DEFAULT_WAVELET_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
     """Split ``x`` into (high frequencies, low frequencies) with an a-trous wavelet pyramid."""
     low = x
     high = torch.zeros_like(x)
@@ -63,8 +69,10 @@ def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, t
     return high, low
 
 
-def wavelet_color_fix(content: torch.Tensor, style: torch.Tensor, levels: int = 5) -> torch.Tensor:
+def wavelet_color_fix(content: torch.Tensor, style: torch.Tensor, levels: int = DEFAULT_WAVELET_LEVELS) -> torch.Tensor:
     """``content``'s high frequencies plus ``style``'s low frequencies (``style`` resized to fit)."""
+    if levels < 1:
+        raise OptionError(f"wavelet colour fix needs at least 1 level, got {levels}")
     x = content.float()
     ref = style.float()
     if ref.shape[-2:] != x.shape[-2:]:
@@ -74,12 +82,15 @@ def wavelet_color_fix(content: torch.Tensor, style: torch.Tensor, levels: int = 
     return (high + low).to(content.dtype)
 
 
-def color_fix(content: torch.Tensor, style: torch.Tensor, mode: str = "adain") -> torch.Tensor:
-    """Apply the colour fix called ``mode`` ('adain', 'wavelet' or 'none')."""
+def color_fix(
+    content: torch.Tensor, style: torch.Tensor, mode: str = "adain", levels: int = DEFAULT_WAVELET_LEVELS,
+) -> torch.Tensor:
+    """Apply the colour fix called ``mode`` ('adain', 'wavelet' or 'none'); ``levels`` is the
+    wavelet pyramid's depth (ignored by the others)."""
     if mode == "adain":
         return adain(content, style)
     if mode == "wavelet":
-        return wavelet_color_fix(content, style)
+        return wavelet_color_fix(content, style, levels)
     if mode == "none":
         return content
     raise OptionError(f"unknown colour fix '{mode}' (choose from {', '.join(COLOR_FIXES)})")

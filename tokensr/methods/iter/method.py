@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from tokensr.errors import OptionError
-from tokensr.inference.colorfix import COLOR_FIXES, color_fix
+from tokensr.inference.colorfix import COLOR_FIXES, DEFAULT_WAVELET_LEVELS, color_fix
 from tokensr.inference.tiling import pad_to_multiple, upscale_tiled
 from tokensr.methods.iter.model import ITER
 from tokensr.methods.loading import as_bool, as_choice, as_float, as_int, load_saved_model, save_steps_target
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS: dict[int, str] = {4: "iter-small-x4", 2: "iter-small-x2"}
 DEFAULT_STEPS_DIR = "iter-steps"
 DEFAULT_COLOR_FIX = "wavelet"  # as UGTSR's: keeps the LR's low frequencies (docs/iter.md)
+COLOR_LEVELS: dict[int, int] = {}  # wavelet levels per scale; 5 where absent
 MAX_TOKENS = 360 * 360  # reference: whole images up to 720^2 LR px at f=8 x4 = 360^2 tokens
 TILE_TOKENS = 128  # reference: 256-px LR tiles at f=8 x4
 OVERLAP_TOKENS = 16  # reference: 16 px padding on each side of a 256-px tile = 2 x 8 tokens
@@ -98,9 +99,11 @@ class ITERMethod:
         tile_overlap: int | None = None,
         save_steps: str | None = None,
         color: str = DEFAULT_COLOR_FIX,
+        color_levels: int | None = None,
     ) -> None:
         self.model = model.eval()
         self.color = as_choice("color_fix", color, COLOR_FIXES)
+        self.color_levels = COLOR_LEVELS.get(model.scale, DEFAULT_WAVELET_LEVELS) if color_levels is None else color_levels
         self.scale = model.scale
         self.steps = int(model.config.steps if steps is None else steps)
         self.alpha = float(model.config.alpha if alpha is None else alpha)
@@ -167,7 +170,7 @@ class ITERMethod:
         self.last_good_fraction += result.good_init.flatten(1).float().mean(1).tolist()
         img = self.model.decode_tokens(result.tokens)[..., : h * self.scale, : w * self.scale]
         if self.color != "none":
-            img = color_fix(img, lr.to(img), self.color).clamp(0, 1)
+            img = color_fix(img, lr.to(img), self.color, self.color_levels).clamp(0, 1)
         return img, result
 
     # --- whole images --------------------------------------------------------------------------
@@ -251,7 +254,7 @@ def load_model(weights: str | None, scale: int, device: str | torch.device = "cp
 
 
 KNOWN_OPTIONS = ("steps", "alpha", "adaptive", "sample", "temperature", "seed", "tile", "tile_overlap", "save_steps",
-                 "color_fix")
+                 "color_fix", "color_levels")
 
 
 def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> ITERMethod:
@@ -278,7 +281,8 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         tile_overlap=as_int("tile_overlap", opts["tile_overlap"], minimum=0) if "tile_overlap" in opts else None,
         save_steps=save_steps_target(opts.get("save_steps"), DEFAULT_STEPS_DIR),
         color=opts.get("color_fix", DEFAULT_COLOR_FIX),  # checked by ITERMethod
+        color_levels=as_int("color_levels", opts["color_levels"]) if "color_levels" in opts else None,
     )
 
 
-__all__ = ["DEFAULT_COLOR_FIX", "DEFAULT_WEIGHTS", "ITERMethod", "ITEROutput", "build", "load_model"]
+__all__ = ["COLOR_LEVELS", "DEFAULT_COLOR_FIX", "DEFAULT_WEIGHTS", "ITERMethod", "ITEROutput", "build", "load_model"]

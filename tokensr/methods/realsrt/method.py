@@ -14,7 +14,8 @@ Options (strings are accepted, as the benchmark passes them):
 - ``ccm`` (true when the model has one): decode through the conditional controlling module.
 - ``patch`` (the model's ``lr_patch``), ``stride`` (the model's saved stride, else patch/2:
   the paper's half overlap), ``batch`` (patches per forward pass; 8), ``color_fix``
-  (:data:`DEFAULT_COLOR_FIX` 'wavelet' | 'adain' as in the paper | 'none'), ``rounding``
+  (:data:`DEFAULT_COLOR_FIX` 'wavelet' | 'adain' as in the paper | 'none'), ``color_levels``
+  (wavelet depth, 5; fewer = more of the LR, more = more generated texture), ``rounding``
   ('ceil' as in the paper | 'floor' as in the reference code), ``temperature`` (0 = argmax,
   deterministic) and ``seed`` (for temperature > 0).
 - ``save_steps``: also write a Fig.-1-style PNG (image after each step + confidence maps).
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 
 from tokensr.errors import OptionError
-from tokensr.inference.colorfix import COLOR_FIXES, color_fix
+from tokensr.inference.colorfix import COLOR_FIXES, DEFAULT_WAVELET_LEVELS, color_fix
 from tokensr.inference.patches import aggregate_patches
 from tokensr.methods.realsrt.figure import save_step_figure
 from tokensr.methods.realsrt.model import Condition, RealSRT
@@ -78,6 +79,7 @@ class RealSRTMethod:
         stride: int | None = None,
         batch: int = 8,
         color: str = DEFAULT_COLOR_FIX,
+        color_levels: int = DEFAULT_WAVELET_LEVELS,
         rounding: str = "ceil",
         temperature: float = 0.0,
         seed: int = 0,
@@ -93,6 +95,7 @@ class RealSRTMethod:
         self.stride = stride or default_stride(model, self.patch)
         self.batch = batch
         self.color = color
+        self.color_levels = color_levels
         self.rounding = rounding
         self.temperature = temperature
         self.seed = seed
@@ -119,7 +122,7 @@ class RealSRTMethod:
 
     def _decode(self, ids: torch.Tensor, cond: Condition, x: torch.Tensor) -> torch.Tensor:
         img = self.model.decode(ids, cond.hw, cond.lr_up if self.use_ccm else None)
-        return color_fix(img, x, self.color).clamp(0, 1)
+        return color_fix(img, x, self.color, self.color_levels).clamp(0, 1)
 
     @torch.no_grad()
     def _patch_final(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,7 +200,7 @@ def load_model(weights: str | None, scale: int, device: str | torch.device = "cp
 
 def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> RealSRTMethod:
     """Build RealSRT for ``scale`` from ``weights`` (a saved folder; None = the bundled default)."""
-    known = {"steps", "confidence", "ccm", "patch", "stride", "batch", "color_fix", "rounding",
+    known = {"steps", "confidence", "ccm", "patch", "stride", "batch", "color_fix", "color_levels", "rounding",
              "temperature", "seed", "save_steps"}
     unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
     if unknown:
@@ -231,6 +234,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         stride=stride,
         batch=as_int("batch", opts.get("batch", 8)),
         color=as_choice("color_fix", opts.get("color_fix", DEFAULT_COLOR_FIX), COLOR_FIXES),
+        color_levels=as_int("color_levels", opts.get("color_levels", DEFAULT_WAVELET_LEVELS)),
         rounding=as_choice("rounding", opts.get("rounding", "ceil"), ROUNDINGS),
         temperature=as_float("temperature", opts.get("temperature", 0.0)),
         seed=as_int("seed", opts.get("seed", 0), minimum=0),
