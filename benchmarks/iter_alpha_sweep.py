@@ -153,6 +153,8 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--crop", type=int, default=None, metavar="N", help="score centre crops of at most N x N LR px")
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--tile", type=int, default=None, help="LR tile side (default: the method's automatic rule; 0 = off)")
+    ap.add_argument("--color-levels", type=int, default=None, metavar="N",
+                    help="wavelet levels of the colour fix (default: the method's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     args = ap.parse_args(argv)
@@ -170,6 +172,8 @@ def _main(argv: list[str] | None) -> int:
         options: dict[str, Any] = {} if args.steps is None else {"steps": args.steps}
         if args.tile is not None:
             options["tile"] = args.tile
+        if args.color_levels is not None:
+            options["color_levels"] = args.color_levels
         method = build(scale=int(config.get("scale", 4)), weights=str(folder), device=args.device, **options)
         if not method.model.can_refine:
             raise OptionError(f"{args.weights} has no refinement/evaluation networks (LQ-encoder stage only)")
@@ -183,7 +187,7 @@ def _main(argv: list[str] | None) -> int:
     cfg = method.model.config
     crop = f", centre crops of at most {args.crop}x{args.crop} LR px" if args.crop else ", whole images"
     note = (f"\nModel: {args.weights} (x{method.scale}, T = {method.steps}, {cfg.schedule} schedule, deterministic "
-            f"sampler; default alpha {cfg.alpha}). Data: {', '.join(p.name for p in args.pairs)}, "
+            f"sampler; default alpha {cfg.alpha}; colour fix {method.color}, {method.color_levels} wavelet levels). Data: {', '.join(p.name for p in args.pairs)}, "
             f"{images} images{crop}. PSNR on the Y channel with a border of the scale; NIQE of the outputs "
             f"(n/a: smaller than two 96x96 blocks); means over images.\n")
     table = markdown(rows, cfg.alpha)

@@ -64,12 +64,13 @@ def test_sweep_with_crop_and_steps(data: Path) -> None:
     script = load_script("iter_alpha_sweep")
     out = data / "crop.md"
     rc = script.main(["--weights", str(data / "iter"), "--pairs", str(data / "pairs"), "--alphas", "0:1:0.5",
-                      "--steps", "4", "--crop", "4", "--out", str(out)])
+                      "--steps", "4", "--crop", "4", "--color-levels", "2", "--out", str(out)])
     assert rc == 0
     rows = _rows(out)
     assert [r[0].split()[0] for r in rows] == ["0.00", "0.50", "1.00"]
     assert [float(r[3]) for r in rows][-1] == 4.0
-    assert "T = 4" in out.read_text() and "at most 4x4 LR px" in out.read_text()
+    text = out.read_text()
+    assert "T = 4" in text and "at most 4x4 LR px" in text and "2 wavelet levels" in text
 
 
 def test_parse_alphas_and_errors(data: Path) -> None:

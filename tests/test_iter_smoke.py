@@ -118,13 +118,32 @@ def test_wrong_weights_are_clear_errors(tiny_folder: Path) -> None:
         build(scale=2, weights=str(tiny_folder))
     with pytest.raises(OptionError, match="not x3"):
         build(scale=3, weights=None)
-    from tokensr.pretrained import WeightsNotFoundError, resolve
+    with pytest.raises(OptionError, match="no bundled weights"):
+        build(scale=2, weights=None)  # iter-small-x2 is not bundled
 
-    try:
-        resolve("iter-small-x4")
-    except WeightsNotFoundError:  # until the weights are bundled
-        with pytest.raises(OptionError, match="no bundled weights"):
-            build(scale=4, weights=None)
+
+def test_bundled_x4_runs() -> None:
+    """The bundled iter-small-x4 (E_l, phi_r and phi_e) loads by default with its tuned alpha,
+    runs Algorithm 2 on any size, stays in [0, 1] and follows its input."""
+    from tokensr.methods.iter.method import COLOR_LEVELS, build
+
+    method = build(scale=4)
+    m = method.model
+    assert m.can_refine and m.scale == 4 and method.steps == 8
+    assert method.alpha == m.config.alpha and method.color == "wavelet" and method.color_levels == COLOR_LEVELS[4]
+    lr = torch.rand(1, 3, 13, 10, generator=torch.Generator().manual_seed(0))
+    info = method.upscale_with_info(lr)
+    sr = info.image
+    assert sr.shape == (1, 3, 52, 40) and 0 <= sr.min() and sr.max() <= 1
+    assert len(info.start_steps) == 1 and 1 <= info.start_steps[0] <= 8
+    up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    assert (sr - up).abs().mean() < (sr - up.flip(-1).flip(-2)).abs().mean()
+    # a stricter threshold never runs fewer steps
+    steps = []
+    for alpha in (0.0, 0.5, 1.0):
+        method.alpha = alpha
+        steps.append(method.upscale_with_info(lr).start_steps[0])
+    assert steps == sorted(steps) and steps[0] == 1
 
 
 def test_color_fix_option(tiny_folder: Path) -> None:

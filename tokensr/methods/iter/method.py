@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS: dict[int, str] = {4: "iter-small-x4", 2: "iter-small-x2"}
 DEFAULT_STEPS_DIR = "iter-steps"
 DEFAULT_COLOR_FIX = "wavelet"  # as UGTSR's: keeps the LR's low frequencies (docs/iter.md)
-COLOR_LEVELS: dict[int, int] = {}  # wavelet levels per scale; 5 where absent
+COLOR_LEVELS: dict[int, int] = {4: 2}  # wavelet levels per scale (docs/iter.md: measured); 5 where absent
 MAX_TOKENS = 360 * 360  # reference: whole images up to 720^2 LR px at f=8 x4 = 360^2 tokens
 TILE_TOKENS = 128  # reference: 256-px LR tiles at f=8 x4
 OVERLAP_TOKENS = 16  # reference: 16 px padding on each side of a 256-px tile = 2 x 8 tokens
