@@ -223,3 +223,33 @@ def test_workers_start_after_opencv_ran_in_the_parent(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "4"
+
+
+def test_importing_tokensr_leaves_pillows_pixel_limit_alone() -> None:
+    """tokensr changes no Pillow global: a user's decompression-bomb limit stays theirs."""
+    import subprocess
+    import sys
+
+    code = ("from PIL import Image; before = Image.MAX_IMAGE_PIXELS; "
+            "import tokensr, tokensr.data.images, tokensr.data.datasets, tokensr.io.read, tokensr.bench.runner; "
+            "assert Image.MAX_IMAGE_PIXELS == before, Image.MAX_IMAGE_PIXELS")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pillow_fallback_keeps_pillows_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images only Pillow decodes: between Pillow's warning and error limits they read quietly;
+    past the error limit they are a clear ImageReadError."""
+    import warnings
+
+    import tokensr.data.images as images
+
+    path = tmp_path / "p.png"
+    Image.fromarray(noisy_image(20, 20, 3)).save(path)
+    monkeypatch.setattr(images.cv2, "imdecode", lambda *a, **k: None)  # force the Pillow path
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 400 px: warning zone (error above 600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_rgb(path).shape == (20, 20, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 400 px > 2 x 100: Pillow refuses
+    with pytest.raises(ImageReadError, match="cannot read image"):
+        read_rgb(path)

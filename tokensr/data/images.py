@@ -7,6 +7,7 @@ PNG outputs are written atomically (temp file + ``os.replace``).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -18,8 +19,6 @@ from tokensr.pretrained import atomic_write_bytes
 
 #: file extensions picked up when listing a folder
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-
-Image.MAX_IMAGE_PIXELS = 200_000_000  # allow large photos, still refuse absurd ones
 
 
 def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
@@ -49,7 +48,12 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     if bgr is not None and bgr.ndim == 3 and bgr.shape[2] == 3:
         return np.ascontiguousarray(bgr[:, :, ::-1])
     try:
-        with Image.open(path) as im:
+        # Pillow's own decompression-bomb limit stays as the user has it (tokensr changes no
+        # Pillow global); its warning between the two limits is not an error for a photo.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 a = np.asarray(im, dtype=np.float64)
