@@ -96,6 +96,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     drifted = check_in_sync(trainer.modules, info)
     torch.save({"state": trainer.modules["net"].state_dict(), "clean": clean, "drifted": drifted},
                Path(out) / f"rank{rank}.pt")
+    dist.barrier()  # no rank tears gloo down while its peer is still in a collective
     dist.destroy_process_group()
 
 

@@ -73,6 +73,10 @@ def init(device: torch.device, timeout_s: int = 1800) -> DistInfo:
 
 def shutdown(info: DistInfo) -> None:
     if info.owns_group and dist.is_initialized():
+        # every rank finishes its last collective before any rank tears gloo down: a rank that
+        # destroys the group while a peer's send is still in flight can abort that peer
+        # ("terminate called without an active exception", seen once in CI)
+        dist.barrier()
         dist.destroy_process_group()
 
 
