@@ -2,11 +2,13 @@
 turning option values (which arrive from the CLI or the benchmark as strings) into numbers."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import torch
 
 from tokensr.errors import OptionError
+from tokensr.inference.colorfix import DEFAULT_WAVELET_LEVELS
 from tokensr.pretrained import WeightsNotFoundError, read_config, resolve
 
 M = TypeVar("M")
@@ -52,6 +54,14 @@ def as_int(name: str, value: Any, minimum: int = 1) -> int:
     if n < minimum or not exact:
         raise OptionError(f"option {name} must be an integer >= {minimum}, got '{value}'")
     return n
+
+
+def color_levels_option(value: Any, scale: int, per_scale: Mapping[int, int]) -> int:
+    """Depth of the wavelet colour fix: ``value`` (an integer >= 1) when given, else the
+    method's measured default for ``scale`` (``per_scale``), else the fix's own default (5)."""
+    if value is None:
+        return per_scale.get(int(scale), DEFAULT_WAVELET_LEVELS)
+    return as_int("color_levels", value)
 
 
 def as_bool(name: str, value: Any) -> bool:

@@ -41,10 +41,12 @@ from typing import Any
 import torch
 
 from tokensr.errors import OptionError
-from tokensr.inference.colorfix import COLOR_FIXES, DEFAULT_WAVELET_LEVELS, color_fix
+from tokensr.inference.colorfix import COLOR_FIXES, color_fix
 from tokensr.inference.tiling import pad_to_multiple, upscale_tiled
 from tokensr.methods.iter.model import ITER
-from tokensr.methods.loading import as_bool, as_choice, as_float, as_int, load_saved_model, save_steps_target
+from tokensr.methods.loading import (
+    as_bool, as_choice, as_float, as_int, color_levels_option, load_saved_model, save_steps_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +101,11 @@ class ITERMethod:
         tile_overlap: int | None = None,
         save_steps: str | None = None,
         color: str = DEFAULT_COLOR_FIX,
-        color_levels: int | None = None,
+        color_levels: int | str | None = None,
     ) -> None:
         self.model = model.eval()
         self.color = as_choice("color_fix", color, COLOR_FIXES)
-        self.color_levels = COLOR_LEVELS.get(model.scale, DEFAULT_WAVELET_LEVELS) if color_levels is None else color_levels
+        self.color_levels = color_levels_option(color_levels, model.scale, COLOR_LEVELS)
         self.scale = model.scale
         self.steps = int(model.config.steps if steps is None else steps)
         self.alpha = float(model.config.alpha if alpha is None else alpha)
@@ -281,7 +283,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         tile_overlap=as_int("tile_overlap", opts["tile_overlap"], minimum=0) if "tile_overlap" in opts else None,
         save_steps=save_steps_target(opts.get("save_steps"), DEFAULT_STEPS_DIR),
         color=opts.get("color_fix", DEFAULT_COLOR_FIX),  # checked by ITERMethod
-        color_levels=as_int("color_levels", opts["color_levels"]) if "color_levels" in opts else None,
+        color_levels=opts.get("color_levels"),  # checked by ITERMethod
     )
 
 

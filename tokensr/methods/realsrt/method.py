@@ -40,7 +40,9 @@ from tokensr.inference.patches import aggregate_patches
 from tokensr.methods.realsrt.figure import save_step_figure
 from tokensr.methods.realsrt.model import Condition, RealSRT
 from tokensr.methods.realsrt.sampling import CONFIDENCES, ROUNDINGS, GenerationResult
-from tokensr.methods.loading import as_bool, as_choice, as_float, as_int, load_saved_model, save_steps_target
+from tokensr.methods.loading import (
+    as_bool, as_choice, as_float, as_int, color_levels_option, load_saved_model, save_steps_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ DEFAULT_WEIGHTS: dict[int, str] = {4: "realsrt-small-x4", 2: "realsrt-small-x2"}
 # 'wavelet' (the LR's low frequencies with the model's detail), chosen on set14_realesrgan_x4
 # for the bundled weights (docs/realsrt.md)
 DEFAULT_COLOR_FIX = "wavelet"
+# wavelet levels per scale; none measured better than the fix's 5 (2..5 at x4, docs/realsrt.md)
+COLOR_LEVELS: dict[int, int] = {}
 # where step figures go when save_steps is just "on" (the CLI flag without a path)
 DEFAULT_STEPS_DIR = "realsrt-steps"
 
@@ -234,7 +238,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         stride=stride,
         batch=as_int("batch", opts.get("batch", 8)),
         color=as_choice("color_fix", opts.get("color_fix", DEFAULT_COLOR_FIX), COLOR_FIXES),
-        color_levels=as_int("color_levels", opts.get("color_levels", DEFAULT_WAVELET_LEVELS)),
+        color_levels=color_levels_option(opts.get("color_levels"), model.scale, COLOR_LEVELS),
         rounding=as_choice("rounding", opts.get("rounding", "ceil"), ROUNDINGS),
         temperature=as_float("temperature", opts.get("temperature", 0.0)),
         seed=as_int("seed", opts.get("seed", 0), minimum=0),

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from tokensr.errors import OptionError
-from tokensr.inference.colorfix import COLOR_FIXES, DEFAULT_WAVELET_LEVELS, color_fix
+from tokensr.inference.colorfix import COLOR_FIXES, color_fix
 from tokensr.methods.ugtsr.model import UGTSR
-from tokensr.methods.loading import as_choice, as_int, load_saved_model
+from tokensr.methods.loading import as_choice, as_int, color_levels_option, load_saved_model
 
 # bundled default per scale (trained by the lead; see docs/ugtsr.md)
 DEFAULT_WEIGHTS: dict[int, str] = {4: "ugtsr-small-x4", 2: "ugtsr-small-x2"}
@@ -43,10 +43,10 @@ class UGTSRMethod:
 
     def __init__(self, model: UGTSR, top_k: int | None = None, tile: int | None = AUTO_TILE,
                  tile_overlap: int = DEFAULT_OVERLAP, color: str = DEFAULT_COLOR_FIX,
-                 color_levels: int | None = None) -> None:
+                 color_levels: int | str | None = None) -> None:
         self.model = model.eval()
         self.color = as_choice("color_fix", color, COLOR_FIXES)
-        self.color_levels = COLOR_LEVELS.get(model.scale, DEFAULT_WAVELET_LEVELS) if color_levels is None else color_levels
+        self.color_levels = color_levels_option(color_levels, model.scale, COLOR_LEVELS)
         self.scale = model.scale
         self.top_k = model.resolve_top_k(top_k)
         self.tile = tile
@@ -131,14 +131,13 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
                 f"or top_k=1 (plain nearest matching), not {top_k}"
             )
     overlap = options.get("tile_overlap")
-    levels = options.get("color_levels")
     return UGTSRMethod(
         model,
         top_k=top_k,
         tile=_tile(options.get("tile")),
         tile_overlap=DEFAULT_OVERLAP if overlap is None else as_int("tile_overlap", overlap, 0),
         color=options.get("color_fix") or DEFAULT_COLOR_FIX,  # checked by UGTSRMethod
-        color_levels=None if levels is None else as_int("color_levels", levels, 1),
+        color_levels=options.get("color_levels"),  # checked by UGTSRMethod
     )
 
 
