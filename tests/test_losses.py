@@ -199,3 +199,33 @@ def test_build_discriminator() -> None:
         build_discriminator({"type": "transformer"})
     with pytest.raises(OptionError, match="norm"):
         build_discriminator({"norm": "layer"})
+
+
+@pytest.mark.parametrize("kind", ["patch", "unet"])
+def test_discriminator_features_end_in_its_logits(kind: str) -> None:
+    torch.manual_seed(0)
+    d = build_discriminator({"type": kind, ("ndf" if kind == "patch" else "nf"): 4}).eval()
+    x = torch.rand(2, 3, 40, 32) * 2 - 1
+    feats = d.features(x)
+    assert len(feats) >= 4
+    assert torch.equal(feats[-1], d(x))
+
+
+def test_feature_matching_loss() -> None:
+    torch.manual_seed(0)
+    d = NLayerDiscriminator(ndf=4, n_layers=2).eval()
+    real = torch.rand(2, 3, 32, 32) * 2 - 1
+    fake = (real + 0.3 * torch.randn_like(real)).requires_grad_(True)
+    same = L.feature_matching_loss(d.features(real), d.features(real))
+    assert same.shape == (2,) and torch.all(same == 0)
+    real_feats = d.features(real)
+    loss = L.feature_matching_loss(d.features(fake), real_feats)
+    assert torch.all(loss > 0)
+    # by hand: the mean over hidden layers (logits left out) of the per-sample L1
+    fake_feats = d.features(fake)
+    hand = sum((f - r).abs().flatten(1).mean(1) for f, r in zip(fake_feats[:-1], real_feats[:-1])) / (len(fake_feats) - 1)
+    assert torch.allclose(loss, hand)
+    loss.sum().backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        L.feature_matching_loss(fake_feats[:2], real_feats)

@@ -145,3 +145,36 @@ def test_task_rejects_unknown_keys() -> None:
         VQGANTask({"model": {"preset": "small"}, "lossses": {}}, "cpu")
     with pytest.raises(OptionError, match="disc_strat"):
         VQGANTask({"model": {"preset": "small"}, "losses": {"disc_strat": 3}}, "cpu")
+
+
+def test_decoder_only_training_keeps_the_tokens(tmp_path: Path) -> None:
+    """trainable: decoder moves the decoder (GAN + feature matching on) but leaves the encoder,
+    the EMA codebook and so every image's tokens exactly as they were."""
+    torch.manual_seed(0)
+    src = VQGAN(TINY).train()
+    src(torch.rand(2, 3, 16, 16) * 2 - 1)  # initialise the EMA codebook
+    src.save_pretrained(tmp_path / "boot")
+    task = VQGANTask({"init_from": str(tmp_path / "boot"), "trainable": "decoder",
+                      "losses": {"gan": 0.8, "feature_matching": 1.0, "disc_start": 0, "codebook": 0.0},
+                      "discriminator": {"type": "patch", "ndf": 4, "n_layers": 2}}, "cpu")
+    groups = task.param_groups()
+    g_params = {id(p) for p in groups["g"]}
+    assert g_params == {id(p) for m in (task.model.decoder, task.model.post_quant_conv) for p in m.parameters()}
+    x = torch.rand(2, 3, 16, 16)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    tokens = src.eval().tokenize(x)
+    opt = torch.optim.Adam(groups["g"], lr=1e-2)
+    task.model.train()
+    losses, logs = task.losses({"hr": x}, step=0)
+    assert {"g", "d"} <= set(losses) and logs["feature_matching"] > 0
+    losses["g"].backward()
+    opt.step()
+    after = task.model.state_dict()
+    frozen = [k for k in before if not k.startswith(("decoder.", "post_quant_conv."))]
+    assert any(k.startswith("quantizer.") for k in frozen)
+    for k in frozen:
+        assert torch.equal(after[k], before[k]), k
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("decoder."))
+    assert torch.equal(task.model.eval().tokenize(x), tokens)
+    with pytest.raises(OptionError, match="trainable"):
+        VQGANTask({"init_from": str(tmp_path / "boot"), "trainable": "encoder"}, "cpu")

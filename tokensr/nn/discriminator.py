@@ -7,7 +7,10 @@
   texture.
 
 Both take images in [-1, 1] and return raw logits ``[B, 1, h, w]`` for the hinge losses in
-:mod:`tokensr.nn.losses`.
+:mod:`tokensr.nn.losses`. ``features(x)`` returns the hidden activations and, last, the
+logits, for pix2pixHD's discriminator feature-matching loss
+(:func:`tokensr.nn.losses.feature_matching_loss`), a perceptual term that needs no ImageNet
+weights.
 """
 from __future__ import annotations
 
@@ -76,6 +79,15 @@ class NLayerDiscriminator(nn.Module):
         self.main = nn.Sequential(*layers)
         _init_weights(self)
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every LeakyReLU, then the logits."""
+        feats: list[torch.Tensor] = []
+        for layer in self.main:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                feats.append(x)
+        return feats + [x]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x)
 
@@ -99,6 +111,11 @@ class UNetDiscriminatorSN(nn.Module):
         self.conv_out = nn.Conv2d(nf, 1, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)[-1]
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations of the down path, the up path and the refining convs, then the
+        per-pixel logits (all cropped to the input's size where they are full resolution)."""
         h, w = x.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8
         if ph or pw:
@@ -107,15 +124,19 @@ class UNetDiscriminatorSN(nn.Module):
         feats = [act(self.conv0(x))]
         for conv in self.down:
             feats.append(act(conv(feats[-1])))
+        out = list(feats)
         y = feats[-1]
         for i, conv in enumerate(self.up):
             y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
             y = act(conv(y))
             if self.skip_connection:
                 y = y + feats[2 - i]
+            out.append(y)
         for conv in self.refine:
             y = act(conv(y))
-        return self.conv_out(y)[..., :h, :w]
+            out.append(y)
+        out.append(self.conv_out(y)[..., :h, :w])
+        return out
 
 
 #: config ``type`` -> class

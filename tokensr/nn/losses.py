@@ -5,7 +5,8 @@
   with fewer scales on small crops);
 - a VGG19 perceptual loss (L1 between feature maps, the usual SR layer choice) that loads a
   local torchvision weight file (:mod:`tokensr.nn.vgg`);
-- hinge GAN losses and taming-transformers' adaptive GAN weight;
+- hinge GAN losses, taming-transformers' adaptive GAN weight, and pix2pixHD's discriminator
+  feature matching;
 - the vector-quantisation codebook/commitment loss.
 
 Per-sample losses return ``[B]`` so callers can weight samples (the datasets down-weight
@@ -221,6 +222,20 @@ def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.float().mean()
 
 
+def feature_matching_loss(fake_feats: Sequence[torch.Tensor], real_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """pix2pixHD's feature-matching loss, per sample ``[B]``: the mean over the discriminator's
+    hidden layers (its logits, the last entry, left out) of the L1 distance between the
+    activations for the fake and the real image. The real activations are targets (detached).
+    Needs no pretrained network, so it serves as the perceptual term where no VGG weights are."""
+    if len(fake_feats) != len(real_feats) or len(fake_feats) < 2:
+        raise ValueError("feature matching needs the same >= 2 discriminator outputs for fake and real")
+    hidden = list(zip(fake_feats[:-1], real_feats[:-1]))
+    total = torch.zeros(fake_feats[0].shape[0], device=fake_feats[0].device, dtype=torch.float32)
+    for f, r in hidden:
+        total = total + (f.float() - r.detach().float()).abs().flatten(1).mean(1)
+    return total / len(hidden)
+
+
 def adaptive_gan_weight(
     nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float = 1e4, eps: float = 1e-4
 ) -> torch.Tensor:
@@ -259,6 +274,7 @@ __all__ = [
     "adaptive_gan_weight",
     "build_perceptual",
     "codebook_loss",
+    "feature_matching_loss",
     "hinge_d_loss",
     "hinge_g_loss",
     "l1_loss",

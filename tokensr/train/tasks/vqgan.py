@@ -9,13 +9,22 @@ discriminator (``discriminator``) is a PatchGAN by default, or the spectral-norm
 Task config keys::
 
     model: {preset: small, ...VQGANConfig overrides}   # or leave out with init_from
+    trainable: all             # or decoder: encoder + codebook frozen
     init_from: FOLDER          # start from a save_pretrained VQGAN folder (strict load); with a
                                # model section too, that section's architecture takes the weights
     data: {root: FOLDER, crop_size: 128, ...HRCropDataset options}
     val: {root: FOLDER (default: the training folder), count: 16, crop_size, images: 4}
     losses: {l1: 1.0, l2: 0.0, ms_ssim: 0.0, perceptual: 0.0, vgg: FILE, codebook: 1.0,
-             gan: 0.8, disc_start: 10000, adaptive: true, max_gan_weight: 1e4}
+             gan: 0.8, feature_matching: 0.0, disc_start: 10000, adaptive: true,
+             max_gan_weight: 1e4}
     discriminator: {type: patch, ndf: 64, n_layers: 3, norm: batch}
+
+``trainable: decoder`` fine-tunes ``post_quant_conv`` and the decoder only: the encoder and the
+codebook stay frozen (in eval mode, so the EMA codebook does not move), so every token map a
+bundled method predicts keeps its meaning while the decoder learns sharper textures.
+``losses.feature_matching`` adds pix2pixHD's discriminator feature matching to the adversarial
+term (both balanced together by the adaptive weight): a perceptual loss that needs no ImageNet
+weights.
 
 Validation reports PSNR and L1 of fixed crops, and codebook usage/perplexity over them;
 ``export`` writes the VQGAN with ``save_pretrained``.
@@ -40,7 +49,8 @@ from tokensr.nn.vqgan import PRESETS, VQGAN, VQGANConfig
 
 log = logging.getLogger(__name__)
 
-TOP_KEYS = ("model", "init_from", "data", "val", "losses", "discriminator")
+TOP_KEYS = ("model", "init_from", "trainable", "data", "val", "losses", "discriminator")
+TRAINABLE = ("all", "decoder")
 LOSS_DEFAULTS: dict[str, Any] = {
     "l1": 1.0,
     "l2": 0.0,
@@ -49,6 +59,7 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "vgg": None,
     "codebook": 1.0,
     "gan": 0.8,
+    "feature_matching": 0.0,
     "disc_start": 10000,
     "adaptive": True,
     "max_gan_weight": 1e4,
@@ -85,11 +96,17 @@ class VQGANTask:
         _unknown(self.cfg, TOP_KEYS, "vqgan task_config")
         self.device = torch.device(device)
         self.model = self._build_model().to(self.device)
+        self.trainable = str(self.cfg.get("trainable", "all"))
+        if self.trainable not in TRAINABLE:
+            raise OptionError(f"trainable must be one of {', '.join(TRAINABLE)}, got '{self.trainable}'")
         self.model.train()
+        if self.trainable == "decoder":
+            for part in self._frozen_parts():
+                part.requires_grad_(False)
         lcfg = dict(self.cfg.get("losses") or {})
         _unknown(lcfg, LOSS_DEFAULTS, "losses")
         self.w = {**LOSS_DEFAULTS, **lcfg}
-        for k in ("l1", "l2", "ms_ssim", "perceptual", "codebook", "gan", "max_gan_weight"):
+        for k in ("l1", "l2", "ms_ssim", "perceptual", "codebook", "gan", "feature_matching", "max_gan_weight"):
             self.w[k] = float(self.w[k])
         self.disc_start = int(self.w["disc_start"])
         self.perceptual: nn.Module | None = None
@@ -127,6 +144,11 @@ class VQGANTask:
             model = want
         log.info("VQGAN initialised from %s", init)
         return model
+
+    def _frozen_parts(self) -> list[nn.Module]:
+        if self.trainable == "decoder":
+            return [self.model.encoder, self.model.quant_conv, self.model.quantizer]
+        return []
 
     def modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"vqgan": self.model}
@@ -190,9 +212,13 @@ class VQGANTask:
     def _reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Encode, quantize in float32 (distances and EMA sums must not run in bf16/fp16),
         decode. ``x`` in [-1, 1]."""
-        z = self.model.quant_conv(self.model.encoder(x))
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            q = self.model.quantizer(z.float())
+        frozen = self._frozen_parts()
+        for part in frozen:
+            part.eval()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            z = self.model.quant_conv(self.model.encoder(x))
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                q = self.model.quantizer(z.float())
         return self.model.decode(q.z_q), q
 
     def losses(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -220,20 +246,28 @@ class VQGANTask:
             per = per + self.w["perceptual"] * v
             logs["perceptual"] = v.mean().item()
         nll = L.weighted_mean(per, weight)
-        g = nll + self.w["codebook"] * q.loss
+        g = nll + self.w["codebook"] * q.loss if q.loss.requires_grad else nll
         logs.update(
             vq_loss=q.loss.item(), usage=q.usage.item(), perplexity=q.perplexity.item(),
             psnr=L.psnr((rec32.detach() + 1) / 2, (x + 1) / 2),
         )
         out: dict[str, torch.Tensor] = {}
         if self.discriminator is not None and step >= self.disc_start:
-            g_adv = L.hinge_g_loss(self.discriminator(rec))
+            # real logits (and, for feature matching, the real activations as detached targets)
+            # come from one forward pass; the engine sends "g" only into the VQGAN's weights
+            fake_feats = self.discriminator.features(rec)
+            real_feats = self.discriminator.features(x)
+            g_adv = L.hinge_g_loss(fake_feats[-1])
+            if self.w["feature_matching"] > 0:
+                fm = L.weighted_mean(L.feature_matching_loss(fake_feats, real_feats), weight)
+                logs["feature_matching"] = fm.item()
+                g_adv = g_adv + self.w["feature_matching"] * fm
             if self.w["adaptive"]:
                 aw = L.adaptive_gan_weight(nll, g_adv, self.model.last_layer, self.w["max_gan_weight"])
             else:
                 aw = torch.ones((), device=self.device)
             g = g + self.w["gan"] * aw * g_adv
-            real = self.discriminator(x)
+            real = real_feats[-1]
             fake = self.discriminator(rec.detach())
             out["d"] = L.hinge_d_loss(real, fake)
             logs.update(
