@@ -334,9 +334,9 @@ def test_cli_train_end_to_end(tmp_path: Path, photos: Path, capsys: pytest.Captu
     assert model.config.codebook_size == 16
     assert (run / "config.yaml").is_file() and list((run / "val").glob("step_00000003_*.png"))
     assert "loss_g" in read_log(run)
-    # a new run continues from the exported weights (strict init_from)
+    # a new run continues from the exported weights (strict init)
     rc = cli_main(["train", str(TINY), "max_steps=1", f"run_dir={tmp_path / 'next'}", f"data.root={photos}",
-                   f"init_from={run / 'export'}", "progress=false"])
+                   f"init={run / 'export'}", "progress=false"])
     assert rc == 0, capsys.readouterr().err
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tokensr.errors import OptionError
 from tokensr.methods.iter.model import ITER
-from tokensr.methods.iter.train import LOSS_DEFAULTS, TOP_KEYS, ITERTask, LQEncoderTask, RefineEvalTask
+from tokensr.methods.iter.train import LOSS_DEFAULTS, ITERTask, LQEncoderTask, RefineEvalTask
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
 from tiny_models import fit, tiny_tokenizer
 
@@ -62,7 +62,7 @@ def test_lq_encoder_stage_trains_only_the_encoder() -> None:
     assert torch.isfinite(losses["g"]) and {"dist_ce", "lq_acc", "loss"} <= set(logs)
     # Eq. 2: the loss is the cross-entropy of E_l's logits against the tokenizer's HR tokens
     with torch.no_grad():
-        want = F.cross_entropy(model.lq_logits(batch["lr"]), model.hr_tokens(batch["hr"]))
+        want = F.cross_entropy(model.lq_logits(batch["lr"]), model.tokenizer.tokenize(batch["hr"]))
     assert losses["g"].item() == pytest.approx(want.item(), rel=1e-5)
     tok_before = state(model.tokenizer)
     model.tokenizer.train()  # as an engine might: the task must keep it in eval mode
@@ -138,7 +138,7 @@ def test_refine_loss_on_masked_tokens_only(lq_stage: Path) -> None:
     torch.manual_seed(2)
     from tokensr.methods.iter.sampling import training_keep_mask
 
-    target = m.hr_tokens(batch["hr"])
+    target = m.tokenizer.tokenize(batch["hr"])
     lq = m.lq_tokens(batch["lr"])
     b, h, w = target.shape
     with torch.no_grad():
@@ -198,7 +198,7 @@ def test_configs_load_and_use_known_keys(size: str) -> None:
         cfg = load_config(CONFIGS / f"{name}_{size}.yaml")
         assert cfg.task == name and task_class(cfg.task).__name__ == cls_name
         tc = cfg.task_config
-        assert set(tc) <= set(TOP_KEYS), name
+        assert set(tc) <= {"data", "val", *ITERTask.keys}, name
         assert set(tc.get("losses") or {}) <= set(LOSS_DEFAULTS), name
         assert set(cfg.engine.optim) == {"g"}
         parts = {"iter": ["lq_encoder", "refine", "evaluator"], "iter_lq_encoder": ["lq_encoder"],

@@ -55,7 +55,7 @@ def test_generator_loss_only_counts_masked_tokens() -> None:
     task = GeneratorTask({"tokenizer": tiny_tokenizer(), "preset": "tiny"}, "cpu")
     batch = tiny_batch(2)
     hr, lr = batch["hr"], batch["lr"]
-    target = task.model.hr_tokens(hr)
+    target = task.model.tokenizer.tokenize(hr).flatten(1)
     cond = task.model.condition(lr)
     torch.manual_seed(11)
     loss = task.losses(batch, 0)[0]["g"]
@@ -75,7 +75,7 @@ def test_generator_needs_tokenizer() -> None:
 
 
 def test_critic_labels_are_the_mask(generator_folder: Path) -> None:
-    task = CriticTask({"init_from": str(generator_folder), "preset": "tiny"}, "cpu")
+    task = CriticTask({"init": str(generator_folder), "preset": "tiny"}, "cpu")
     batch = tiny_batch(2)
     g = torch.Generator().manual_seed(4)
     cond, target, tokens, labels = task.critic_batch(batch["hr"], batch["lr"], g)
@@ -89,7 +89,7 @@ def test_critic_labels_are_the_mask(generator_folder: Path) -> None:
 
 
 def test_critic_task_trains_with_generator_frozen(generator_folder: Path) -> None:
-    task = CriticTask({"init_from": str(generator_folder), "preset": "tiny"}, "cpu")
+    task = CriticTask({"init": str(generator_folder), "preset": "tiny"}, "cpu")
     gen_state = {k: v.clone() for k, v in task.model.generator.state_dict().items()}
     params = set(map(id, task.param_groups()["g"]))
     assert params == {id(p) for p in task.critic.parameters()}
@@ -103,17 +103,17 @@ def test_critic_task_trains_with_generator_frozen(generator_folder: Path) -> Non
 
 
 def test_ccm_task_trains_only_the_ccm(generator_folder: Path, tmp_path: Path) -> None:
-    critic_task = CriticTask({"init_from": str(generator_folder), "preset": "tiny"}, "cpu")
+    critic_task = CriticTask({"init": str(generator_folder), "preset": "tiny"}, "cpu")
     critic_task.export(str(tmp_path / "critic"))
-    task = CCMTask({"init_from": str(tmp_path / "critic"), "tokens": "gt", "losses": {"perceptual": 0, "gan": 0}}, "cpu")
-    assert task.discriminator is None and task.perceptual is None and task.ms_ssim is None
+    task = CCMTask({"init": str(tmp_path / "critic"), "tokens": "gt", "losses": {"perceptual": 0, "gan": 0}}, "cpu")
+    assert task.discriminator is None and task.loss.perceptual is None and task.loss.ms_ssim is None
     assert {id(p) for p in task.param_groups()["g"]} == {id(p) for p in task.ccm.parameters()}
     frozen = {k: v.clone() for k, v in task.model.state_dict().items() if not k.startswith("ccm.")}
     batch = tiny_batch()
     # before training the CCM changes nothing: the zero conv makes it the identity
     with torch.no_grad():
         cond = task.model.condition(batch["lr"])
-        ids = task.model.hr_tokens(batch["hr"])
+        ids = task.model.tokenizer.tokenize(batch["hr"]).flatten(1)
         assert torch.allclose(task.model.decode(ids, cond.hw, cond.lr_up), task.model.decode(ids, cond.hw), atol=1e-6)
     first, last = fit(task, batch, steps=10, lr=1e-3)
     assert last < first
@@ -127,7 +127,7 @@ def test_ccm_task_trains_only_the_ccm(generator_folder: Path, tmp_path: Path) ->
 
 
 def test_ccm_task_gan_branch(generator_folder: Path) -> None:
-    task = CCMTask({"init_from": str(generator_folder), "tokens": "generated", "steps": 2,
+    task = CCMTask({"init": str(generator_folder), "tokens": "generated", "steps": 2,
                     "losses": {"perceptual": 0, "gan": 0.8, "disc_start": 1},
                     "discriminator": {"type": "patch", "ndf": 8, "n_layers": 2}}, "cpu")
     assert task.confidence == "generator"  # the generator-stage folder has no critic
@@ -146,7 +146,7 @@ def test_ccm_task_gan_branch(generator_folder: Path) -> None:
 
 
 def test_validation_returns_metrics_and_images(generator_folder: Path) -> None:
-    task = GeneratorTask({"init_from": str(generator_folder), "preset": "tiny"}, "cpu")
+    task = GeneratorTask({"init": str(generator_folder), "preset": "tiny"}, "cpu")
     assert task.validate(0) == ({}, {})  # no data configured
     task.val_batch = tiny_batch(2)
     metrics, images = task.validate(0)
@@ -160,10 +160,10 @@ def test_ccm_substitutes_ms_ssim_without_vgg(generator_folder: Path, monkeypatch
     monkeypatch.delenv("TOKENSR_VGG19", raising=False)
     monkeypatch.delenv("TOKENSR_METRIC_WEIGHTS", raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no cached VGG either
-    task = CCMTask({"init_from": str(generator_folder), "tokens": "gt",
+    task = CCMTask({"init": str(generator_folder), "tokens": "gt",
                     "losses": {"perceptual": 0.1, "gan": 0, "substitute": {"l1": 0.5, "ms_ssim": 2.0}}}, "cpu")
-    assert task.perceptual is None and task.ms_ssim is not None
-    assert task.w["l1"] == 0.5 and task.w["ms_ssim"] == 2.0 and task.w["perceptual"] == 0.0
+    assert task.loss.perceptual is None and task.loss.ms_ssim is not None
+    assert task.loss_weights["l1"] == 0.5 and task.loss_weights["ms_ssim"] == 2.0 and task.loss_weights["perceptual"] == 0.0
     losses, logs = task.losses(tiny_batch(2), step=0)
     assert torch.isfinite(losses["g"]) and {"l1", "l2", "ms_ssim"} <= set(logs)
 
@@ -174,12 +174,12 @@ def test_config_errors(generator_folder: Path) -> None:
     with pytest.raises(OptionError, match="hr_dept"):
         GeneratorTask({"tokenizer": tiny_tokenizer(), "preset": "tiny", "generator": {"hr_dept": 3}}, "cpu")
     with pytest.raises(OptionError, match="losses"):
-        CCMTask({"init_from": str(generator_folder), "losses": {"lpips": 1.0}}, "cpu")
+        CCMTask({"init": str(generator_folder), "losses": {"lpips": 1.0}}, "cpu")
     with pytest.raises(OptionError, match="critic"):
-        CCMTask({"init_from": str(generator_folder), "confidence": "critic"}, "cpu")
-    with pytest.raises(OptionError, match="init_from"):
-        CriticTask({"init_from": "/nonexistent/realsrt"}, "cpu")
-    task = GeneratorTask({"init_from": str(generator_folder), "preset": "tiny", "data": {"root": "/nonexistent"}}, "cpu")
+        CCMTask({"init": str(generator_folder), "confidence": "critic"}, "cpu")
+    with pytest.raises(OptionError, match="init"):
+        CriticTask({"init": "/nonexistent/realsrt"}, "cpu")
+    task = GeneratorTask({"init": str(generator_folder), "preset": "tiny", "data": {"root": "/nonexistent"}}, "cpu")
     with pytest.raises(OptionError, match="data folder"):
         task.train_dataset()
 
@@ -205,8 +205,8 @@ def test_three_stages_with_the_engine(tmp_path: Path) -> None:
     configs = Path(__file__).resolve().parents[1] / "configs"
     common = [f"data.root={photos}", "max_steps=2", "val_every=2", "ckpt_every=2"]
     train(load_config(configs / "realsrt_generator_tiny.yaml", common + [f"tokenizer={tok}", f"run_dir={tmp_path / 'g'}"]))
-    train(load_config(configs / "realsrt_critic_tiny.yaml", common + [f"init_from={tmp_path / 'g' / 'export'}", f"run_dir={tmp_path / 'c'}"]))
-    train(load_config(configs / "realsrt_ccm_tiny.yaml", common + [f"init_from={tmp_path / 'c' / 'export'}", f"run_dir={tmp_path / 'm'}"]))
+    train(load_config(configs / "realsrt_critic_tiny.yaml", common + [f"init={tmp_path / 'g' / 'export'}", f"run_dir={tmp_path / 'c'}"]))
+    train(load_config(configs / "realsrt_ccm_tiny.yaml", common + [f"init={tmp_path / 'c' / 'export'}", f"run_dir={tmp_path / 'm'}"]))
     model = RealSRT.from_pretrained(tmp_path / "m" / "export")
     assert model.critic is not None and model.ccm is not None
     out = build(weights=str(tmp_path / "m" / "export"))(torch.rand(1, 3, 11, 9))
@@ -215,7 +215,6 @@ def test_three_stages_with_the_engine(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("size", ["tiny", "small", "paper"])
 def test_configs_load_and_use_known_keys(size: str) -> None:
-    from tokensr.methods.realsrt.train import COMMON_KEYS
     from tokensr.train.config import load_config
     from tokensr.train.tasks import task_class
 
@@ -224,5 +223,5 @@ def test_configs_load_and_use_known_keys(size: str) -> None:
         cfg = load_config(configs / f"realsrt_{stage}_{size}.yaml")
         cls = task_class(cfg.task)
         assert cls.__name__ == {"generator": "GeneratorTask", "critic": "CriticTask", "ccm": "CCMTask"}[stage]
-        assert set(cfg.task_config) <= set(COMMON_KEYS + cls.extra_keys), stage
+        assert set(cfg.task_config) <= {"data", "val", *cls.keys}, stage
         assert set(cfg.engine.optim) == ({"g", "d"} if stage == "ccm" else {"g"})

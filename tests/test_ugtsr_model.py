@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokensr.methods.ugtsr.model import (
-    UGTSR, AlignAttention, TopKFusion, gather_codes, knn_codes, pad_lr,
-)
+from tokensr.methods.ugtsr.align import AlignAttention
+from tokensr.methods.ugtsr.fusion import TopKFusion, gather_codes
+from tokensr.methods.ugtsr.model import UGTSR, pad_lr
+from tokensr.nn.quantizer import knn_codes
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
 from tiny_models import tiny_tokenizer as _tiny_tokenizer
 

@@ -1,5 +1,5 @@
 """The VQGAN tokenizer: shapes (square and not), straight-through gradients, save/load, and
-the training task's model building (presets, overrides, init_from)."""
+the training task's model building (presets, overrides, init)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -89,12 +89,12 @@ def test_model_config_from_preset_and_overrides() -> None:
         model_config({"preset": "huge"})
 
 
-def test_task_init_from_loads_strictly(tmp_path: Path) -> None:
+def test_task_init_loads_strictly(tmp_path: Path) -> None:
     torch.manual_seed(0)
     src = VQGAN(TINY).train()
     src(torch.rand(2, 3, 16, 16) * 2 - 1)
     src.save_pretrained(tmp_path / "boot")
-    task = VQGANTask({"init_from": str(tmp_path / "boot"), "losses": {"gan": 0}}, torch.device("cpu"))
+    task = VQGANTask({"init": str(tmp_path / "boot"), "losses": {"gan": 0}}, torch.device("cpu"))
     own = task.model.state_dict()
     for k, v in src.state_dict().items():
         assert torch.equal(own[k], v), k
@@ -103,9 +103,9 @@ def test_task_init_from_loads_strictly(tmp_path: Path) -> None:
     tiny = {"preset": "small", "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "mid_attention": False,
             "code_dim": 8}
     with pytest.raises(OptionError, match="do not fit the model section"):
-        VQGANTask({"init_from": str(tmp_path / "boot"), "model": {**tiny, "codebook_size": 32}}, "cpu")
+        VQGANTask({"init": str(tmp_path / "boot"), "model": {**tiny, "codebook_size": 32}}, "cpu")
     # one that only changes weight-free options takes the weights into its own architecture
-    task = VQGANTask({"init_from": str(tmp_path / "boot"), "losses": {"gan": 0},
+    task = VQGANTask({"init": str(tmp_path / "boot"), "losses": {"gan": 0},
                       "model": {**tiny, "codebook_size": 16, "min_group_channels": 4}}, "cpu")
     assert task.model.config.min_group_channels == 4 and task.model.encoder.norm_out.num_groups == 4
     assert all(torch.equal(task.model.state_dict()[k], v) for k, v in src.state_dict().items())
@@ -116,7 +116,7 @@ def test_task_init_from_loads_strictly(tmp_path: Path) -> None:
     state.pop("decoder.conv_out.weight")
     save_file(state, str(tmp_path / "boot" / "model.safetensors"))
     with pytest.raises(OptionError, match="conv_out"):
-        VQGANTask({"init_from": str(tmp_path / "boot")}, "cpu")
+        VQGANTask({"init": str(tmp_path / "boot")}, "cpu")
 
 
 def test_group_norm_keeps_enough_channels_per_group() -> None:
@@ -154,7 +154,7 @@ def test_decoder_only_training_keeps_the_tokens(tmp_path: Path) -> None:
     src = VQGAN(TINY).train()
     src(torch.rand(2, 3, 16, 16) * 2 - 1)  # initialise the EMA codebook
     src.save_pretrained(tmp_path / "boot")
-    task = VQGANTask({"init_from": str(tmp_path / "boot"), "trainable": "decoder",
+    task = VQGANTask({"init": str(tmp_path / "boot"), "trainable": "decoder",
                       "losses": {"gan": 0.8, "feature_matching": 1.0, "disc_start": 0, "codebook": 0.0},
                       "discriminator": {"type": "patch", "ndf": 4, "n_layers": 2}}, "cpu")
     groups = task.param_groups()
@@ -177,4 +177,4 @@ def test_decoder_only_training_keeps_the_tokens(tmp_path: Path) -> None:
     assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("decoder."))
     assert torch.equal(task.model.eval().tokenize(x), tokens)
     with pytest.raises(OptionError, match="trainable"):
-        VQGANTask({"init_from": str(tmp_path / "boot"), "trainable": "encoder"}, "cpu")
+        VQGANTask({"init": str(tmp_path / "boot"), "trainable": "encoder"}, "cpu")

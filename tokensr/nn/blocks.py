@@ -1,7 +1,8 @@
 """Convolutional building blocks of the VQGAN (taming-transformers style).
 
 GroupNorm + swish pre-activation ResNet blocks, a single-head spatial self-attention block,
-and strided down/up-sampling convolutions.
+strided down/up-sampling convolutions, and :func:`zero_module` for layers that must start as
+a no-op (a new branch added to a trained network).
 """
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ def group_norm(channels: int, max_groups: int = 32, min_group_channels: int = 1)
     while channels % groups:
         groups -= 1
     return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+
+
+def zero_module(m: nn.Module) -> nn.Module:
+    """Zero every parameter of ``m`` (its output starts at 0; gradients still flow)."""
+    for p in m.parameters():
+        nn.init.zeros_(p)
+    return m
 
 
 class ResnetBlock(nn.Module):
@@ -80,3 +88,6 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+__all__ = ["AttnBlock", "Downsample", "ResnetBlock", "Upsample", "group_norm", "zero_module"]

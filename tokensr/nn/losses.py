@@ -7,6 +7,8 @@
   local torchvision weight file (:mod:`tokensr.nn.vgg`);
 - hinge GAN losses, taming-transformers' adaptive GAN weight, and pix2pixHD's discriminator
   feature matching;
+- :class:`ImageLoss`, the one module every training task uses for its image terms: it
+  holds the perceptual network and the discriminator and returns the loss with its named terms;
 - the vector-quantisation codebook/commitment loss.
 
 Per-sample losses return ``[B]`` so callers can weight samples (the datasets down-weight
@@ -17,6 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -189,26 +193,38 @@ class PerceptualLoss(nn.Module):
         return total
 
 
-def build_perceptual(spec: Any = "auto") -> PerceptualLoss | None:
-    """A perceptual loss from a config value, or None when it is off.
+def build_perceptual(
+    spec: Any = "auto", *, input_range: tuple[float, float] = (-1.0, 1.0), criterion: str = "l1",
+    substitute: nn.Module | None = None,
+) -> nn.Module | None:
+    """The perceptual term from a config value (a module returning ``[B]``), or None when off.
 
     - ``None`` / ``False`` / ``"none"`` / ``"off"``: off.
-    - ``"auto"``: on when a VGG19 file is found (:func:`tokensr.nn.vgg.find_vgg19`), else off
-      with a warning. Callers must handle None.
-    - a path: that file (missing -> a clear error).
+    - ``"auto"``: the VGG19 loss when a VGG19 file is found (:func:`tokensr.nn.vgg.find_vgg19`),
+      else ``substitute`` (None: off), with a warning. Callers must handle None.
+    - ``"vgg"``: the VGG19 loss, an error when no VGG19 file is found.
+    - ``"ms_ssim"``: ``1 - MS-SSIM`` (needs no weights).
+    - a path: that VGG19 file (missing -> a clear error).
     - a dict: keyword arguments of :class:`PerceptualLoss` (``weights`` is the path).
     """
-    if spec is None or spec is False or (isinstance(spec, str) and spec.lower() in ("none", "off", "false", "")):
+    off = ("none", "off", "false", "")
+    if spec is None or spec is False or (isinstance(spec, str) and spec.strip().lower() in off):
         return None
     if isinstance(spec, dict):
-        return PerceptualLoss(**spec)
-    if isinstance(spec, str) and spec.lower() == "auto":
+        return PerceptualLoss(**{"input_range": input_range, "criterion": criterion, **spec})
+    key = str(spec).strip().lower() if isinstance(spec, str) else ""
+    if key == "ms_ssim":
+        return MSSSIMLoss(input_range)
+    if key == "auto":
         path = find_vgg19(None)
         if path is None:
-            log.warning("no VGG19 weights found (set TOKENSR_VGG19=FILE): training without the perceptual loss")
-            return None
-        return PerceptualLoss(path)
-    return PerceptualLoss(os.fspath(spec))
+            what = f"the substitute {type(substitute).__name__}" if substitute is not None else "no perceptual loss"
+            log.warning("no VGG19 weights found (set TOKENSR_VGG19=FILE): training with %s", what)
+            return substitute
+        return PerceptualLoss(path, criterion=criterion, input_range=input_range)
+    if key == "vgg":
+        return PerceptualLoss(None, criterion=criterion, input_range=input_range)
+    return PerceptualLoss(os.fspath(spec), criterion=criterion, input_range=input_range)
 
 
 # --- GAN ----------------------------------------------------------------------------------------
@@ -250,6 +266,154 @@ def adaptive_gan_weight(
     return (g_nll.float().norm() / (g_gan.float().norm() + eps)).clamp(0.0, max_weight).detach()
 
 
+# --- the image loss every task uses --------------------------------------------------------------
+#: The reconstruction terms of :class:`ImageLoss`, in the order they are summed.
+IMAGE_TERMS = ("l1", "l2", "ms_ssim", "perceptual")
+
+
+@dataclass
+class ImageLossOutput:
+    """What :meth:`ImageLoss.forward` returns."""
+
+    nll: torch.Tensor  # weighted reconstruction loss (pixel, structure, perceptual)
+    g: torch.Tensor  # nll plus the weighted adversarial term: the generator's image loss
+    d: torch.Tensor | None  # the discriminator's hinge loss (None while the GAN is off)
+    logs: dict[str, float]  # every term by name, as plain floats
+
+    def per_optimizer(self, g: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The loss per optimizer name for the training engine: ``g`` (default: :attr:`g`; a
+        task passes its own total) and ``d`` while the GAN is on."""
+        out = {"g": self.g if g is None else g}
+        if self.d is not None:
+            out["d"] = self.d
+        return out
+
+
+class ImageLoss(nn.Module):
+    """Pixel, structure, perceptual and adversarial losses of a generated image, in one module
+    (taming-transformers' ``VQLPIPSWithDiscriminator`` without its codebook term).
+
+    ``weights`` holds the task's loss settings by name; missing ones are off:
+
+    - ``l1``, ``l2``: per-sample mean absolute / squared error in the images' own range;
+    - ``ms_ssim``: ``1 - MS-SSIM``; ``perceptual``: the weight of the ``perceptual`` module
+      (:func:`build_perceptual`: VGG19, or a substitute that needs no weights);
+    - ``gan``: the hinge GAN term's weight, active from step ``disc_start`` on when a
+      ``discriminator`` is given; with ``adaptive`` (default) it is scaled by taming's
+      adaptive weight (:func:`adaptive_gan_weight`, at most ``max_gan_weight``) on the
+      generator's ``last_layer``;
+    - ``feature_matching``: pix2pixHD's discriminator feature matching, added to the
+      adversarial term (and balanced with it).
+
+    Images are in ``input_range`` ((-1, 1) or (0, 1)); the perceptual network and the
+    discriminator always see them mapped to [-1, 1]. Per-sample terms are reduced with the
+    batch's ``sample_weight`` (:func:`weighted_mean`).
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, Any],
+        *,
+        input_range: tuple[float, float] = (-1.0, 1.0),
+        perceptual: nn.Module | None = None,
+        discriminator: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.weights = {k: float(weights.get(k, 0.0)) for k in IMAGE_TERMS}
+        self.gan_weight = float(weights.get("gan", 0.0))
+        self.feature_matching = float(weights.get("feature_matching", 0.0))
+        self.disc_start = int(weights.get("disc_start", 0))
+        self.adaptive = bool(weights.get("adaptive", True))
+        self.max_gan_weight = float(weights.get("max_gan_weight", 1e4))
+        self.input_range = (float(input_range[0]), float(input_range[1]))
+        self.ms_ssim = MSSSIMLoss(self.input_range) if self.weights["ms_ssim"] > 0 else None
+        self.perceptual = perceptual if self.weights["perceptual"] > 0 else None
+        self.discriminator = discriminator if self.gan_weight > 0 else None
+
+    def to_pm1(self, x: torch.Tensor) -> torch.Tensor:
+        """Images of ``input_range`` mapped to [-1, 1] (the networks' range)."""
+        lo, hi = self.input_range
+        return x if (lo, hi) == (-1.0, 1.0) else (x - lo) / (hi - lo) * 2 - 1
+
+    def gan_active(self, step: int) -> bool:
+        return self.discriminator is not None and step >= self.disc_start
+
+    def reconstruction(
+        self, out: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted sum of the reconstruction terms (a scalar) and each term's batch mean."""
+        out32 = out.float()
+        per = torch.zeros(out.shape[0], device=out.device)
+        logs: dict[str, float] = {}
+        for name in IMAGE_TERMS:
+            w = self.weights[name]
+            if w <= 0:
+                continue
+            if name == "l1":
+                v = l1_loss(out32, target)
+            elif name == "l2":
+                v = l2_loss(out32, target)
+            elif name == "ms_ssim" and self.ms_ssim is not None:
+                v = self.ms_ssim(out32, target)
+            elif name == "perceptual" and self.perceptual is not None:
+                v = self.perceptual(self.to_pm1(out), self.to_pm1(target)).float()
+            else:
+                continue
+            per = per + w * v
+            logs[name] = v.mean().item()
+        return weighted_mean(per, sample_weight), logs
+
+    def forward(
+        self,
+        out: torch.Tensor,
+        target: torch.Tensor,
+        step: int,
+        *,
+        last_layer: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
+    ) -> ImageLossOutput:
+        """All terms for a generated batch ``out`` against ``target`` at optimizer step ``step``.
+
+        The discriminator sees ``out`` with gradient (the generator's term) and detached (its
+        own hinge loss); the task returns ``d`` under the discriminator's optimizer, so only
+        the discriminator's weights learn from it.
+        """
+        nll, logs = self.reconstruction(out, target, sample_weight)
+        if not self.gan_active(step):
+            return ImageLossOutput(nll, nll, None, logs)
+        disc = self.discriminator
+        assert disc is not None
+        fake, real = self.to_pm1(out), self.to_pm1(target)
+        real_logits: torch.Tensor | None = None
+        if self.feature_matching > 0:
+            # real logits and the real activations (detached targets) come from one pass
+            fake_feats, real_feats = disc.features(fake), disc.features(real)
+            fake_logits, real_logits = fake_feats[-1], real_feats[-1]
+        else:
+            fake_logits = disc(fake)
+        g_adv = hinge_g_loss(fake_logits)
+        if self.feature_matching > 0:
+            fm = weighted_mean(feature_matching_loss(fake_feats, real_feats), sample_weight)
+            logs["feature_matching"] = fm.item()
+            g_adv = g_adv + self.feature_matching * fm
+        if self.adaptive:
+            if last_layer is None:
+                raise ValueError("the adaptive GAN weight needs the generator's last_layer")
+            aw = adaptive_gan_weight(nll, g_adv, last_layer, self.max_gan_weight)
+            logs["adaptive_weight"] = aw.item()
+        else:
+            aw = torch.ones((), device=out.device)
+        g = nll + self.gan_weight * aw * g_adv
+        logs["g_adv"] = g_adv.item()
+        if real_logits is None:
+            real_logits = disc(real)
+        fake_d = disc(fake.detach())
+        d = hinge_d_loss(real_logits, fake_d)
+        logs.update(d_hinge=d.item(), logits_real=real_logits.float().mean().item(),
+                    logits_fake=fake_d.float().mean().item())
+        return ImageLossOutput(nll, g, d, logs)
+
+
 # --- vector quantisation ------------------------------------------------------------------------
 def codebook_loss(z: torch.Tensor, z_q: torch.Tensor, beta: float = 0.25, learned_codebook: bool = True) -> torch.Tensor:
     """VQ-VAE loss: ``||sg(z) - z_q||^2`` (moves the codes; left out for an EMA codebook)
@@ -268,7 +432,10 @@ def psnr(x01: torch.Tensor, y01: torch.Tensor) -> float:
 
 
 __all__ = [
+    "IMAGE_TERMS",
     "MS_SSIM_WEIGHTS",
+    "ImageLoss",
+    "ImageLossOutput",
     "MSSSIMLoss",
     "PerceptualLoss",
     "adaptive_gan_weight",

@@ -10,6 +10,9 @@ Two ways to learn the codebook:
 - ``ema=False`` (taming "legacy" style, as ITER/FeMaSR): the codebook is a learned
   parameter trained by the codebook loss ``||sg(z) - z_q||^2`` plus the commitment loss.
 
+:func:`knn_codes` is the k-nearest-codes search of the same distance (chunked, float32), for
+methods that match features to several codes (UGTSR's Top-k matching).
+
 Under DDP the EMA statistics are all-reduced, and the first-batch initialisation and dead-code
 restarts are broadcast from rank 0 so every rank keeps an identical codebook.
 """
@@ -34,6 +37,26 @@ class QuantizerOutput:
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+@torch.no_grad()
+def knn_codes(z: torch.Tensor, codebook: torch.Tensor, k: int, chunk: int = 16384) -> torch.Tensor:
+    """Indices ``[B, k, H, W]`` of the ``k`` codes nearest (Euclidean) to each vector of
+    ``z [B, C, H, W]``, nearest first. Distances are computed in float32, ``chunk`` rows at a
+    time so large images do not build an N x K matrix at once."""
+    b, c, h, w = z.shape
+    if not 1 <= k <= codebook.shape[0]:
+        raise ValueError(f"k = {k} must be between 1 and the codebook size {codebook.shape[0]}")
+    flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, c)
+    codes = codebook.detach().float()
+    c2 = codes.pow(2).sum(1)[None, :]
+    out = []
+    for start in range(0, flat.shape[0], chunk):
+        rows = flat[start : start + chunk]
+        d = rows.pow(2).sum(1, keepdim=True) - 2.0 * rows @ codes.t() + c2
+        out.append(torch.topk(d, k, dim=1, largest=False, sorted=True).indices)
+    idx = torch.cat(out) if out else flat.new_zeros((0, k), dtype=torch.long)
+    return idx.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
 
 
 class VectorQuantizer(nn.Module):
@@ -148,3 +171,6 @@ class VectorQuantizer(nn.Module):
             self.embedding.weight[dead] = rows
             self.embed_sum[dead] = rows
             self.cluster_size[dead] = 1.0
+
+
+__all__ = ["QuantizerOutput", "VectorQuantizer", "knn_codes"]

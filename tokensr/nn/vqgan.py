@@ -186,8 +186,14 @@ class VQGAN(nn.Module, PretrainedMixin):
     # --- [0, 1] image helpers -------------------------------------------------------------
     @torch.no_grad()
     def tokenize(self, img01: torch.Tensor) -> torch.Tensor:
-        """Token indices ``[B, H/f, W/f]`` of an image in [0, 1] (H, W multiples of f)."""
-        return self.encode(img01 * 2 - 1).indices
+        """Token indices ``[B, H/f, W/f]`` of an image in [0, 1] (H, W multiples of f): the
+        nearest code of each encoder output. The one way every method turns an HR image into
+        its ground-truth tokens: always in float32 (under autocast too, since nearest-code search
+        in bf16/fp16 picks other codes), and never an EMA codebook update, in any mode."""
+        with torch.autocast(device_type=img01.device.type, enabled=False):
+            z = self.encode_continuous(img01.float() * 2 - 1)
+        b, c, h, w = z.shape
+        return self.quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, h, w)
 
     @torch.no_grad()
     def reconstruct(self, img01: torch.Tensor) -> torch.Tensor:

@@ -32,32 +32,37 @@ Task config keys (``task_config``):
   ``none``), ``beta`` (0.9999), ``mask_schedule`` (``cosine`` | ``linear``).
 - ``data``: keyword arguments of :class:`tokensr.data.datasets.HRCropDataset` (``root``,
   ``crop_size`` (preset: 128 small, 256 paper), ``degradation`` (``realesrgan``), ``seed``,
-  ``length``, ``texture_threshold``, ``cache_dir``...); ``val_data`` (default: ``data`` with
-  another seed, no augmentation); ``val``: ``{count: 4, images: 4, steps, alpha}``.
+  ``length``, ``texture_threshold``, ``cache_dir``...); ``val``: ``{root (default data.root),
+  crop_size, count: 4, images: 4, steps, alpha}`` (validation crops are ``data`` with another
+  seed and no augmentation; ``val_data`` is the old spelling of ``val.root``/``val.crop_size``).
+
+Config reading, crops, the validation batch and frozen modules come from the shared task layer
+(:class:`tokensr.train.base.TaskBase`); the optional pixel term is
+:class:`tokensr.nn.losses.ImageLoss`.
 """
 from __future__ import annotations
 
-import difflib
 import logging
-import math
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from tokensr.errors import OptionError
 from tokensr.methods.iter.model import ITER, PRESETS
 from tokensr.methods.iter.refine import class_balanced_cross_entropy
 from tokensr.methods.iter.sampling import SCHEDULES, training_keep_mask
+from tokensr.nn import losses as L
 from tokensr.nn.vqgan import VQGAN
+from tokensr.train.base import TaskBase, trainable_parameters
+from tokensr.train.batches import image_rows
+from tokensr.train.options import check_choice, check_keys, section
 
 log = logging.getLogger(__name__)
 
 PARTS = ("lq_encoder", "refine", "evaluator")
-TOP_KEYS = ("tokenizer", "init", "preset", "lq_encoder", "refine", "evaluator", "scale", "steps", "alpha",
-            "train", "losses", "data", "val_data", "val")
 LOSS_DEFAULTS: dict[str, Any] = {
     "dist": 1.0,
     "pixel": 0.0,
@@ -69,75 +74,53 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "beta": 0.9999,
     "mask_schedule": "cosine",
 }
-VAL_SEED_OFFSET = 1_000_033
 
 
-def _unknown(keys: Iterable[str], allowed: Iterable[str], where: str) -> None:
-    allowed = list(allowed)
-    for k in keys:
-        if k not in allowed:
-            close = difflib.get_close_matches(k, allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(allowed)})"
-            raise OptionError(f"unknown {where} key '{k}'{hint}")
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = F.mse_loss(a.clamp(0, 1).float(), b.float()).item()
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
-
-
-def _weighted_mean(per_token: torch.Tensor, w: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of ``per_token`` ``[B, ...]`` with per-sample weights ``w`` ``[B]`` (over ``select`` if given)."""
-    tw = w.view(-1, *([1] * (per_token.dim() - 1))).expand_as(per_token)
+def _token_mean(per_token: torch.Tensor, sample_weight: torch.Tensor | None,
+                select: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``per_token`` ``[B, ...]``, each token weighted by its sample's weight ``[B]``
+    (equal without), over the ``select``-ed tokens only when given."""
+    if sample_weight is None:
+        sample_weight = torch.ones(per_token.shape[0], device=per_token.device)
+    tw = sample_weight.view(-1, *([1] * (per_token.dim() - 1))).expand_as(per_token)
     if select is not None:
         tw = tw * select.float()
     return (per_token * tw).sum() / tw.sum().clamp_min(1e-8)
 
 
-def _strip(images: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.cat(list(images[:n].clamp(0, 1).float().cpu()), dim=2)
-
-
-class ITERTask:
+class ITERTask(TaskBase):
     """Trains the networks named in ``train`` (default: all three, jointly as the paper)."""
 
+    name = "iter"
+    keys = ("tokenizer", "init", "preset", "lq_encoder", "refine", "evaluator", "scale", "steps", "alpha",
+            "train", "losses")
+    val_keys = ("steps", "alpha")
+    degradation = "realesrgan"
     default_train: tuple[str, ...] = PARTS
 
-    def __init__(self, cfg: dict[str, Any], device: torch.device | str) -> None:
-        self.cfg = dict(cfg)
-        _unknown(self.cfg, TOP_KEYS, "iter task_config")
-        self.device = torch.device(device)
-        preset = str(self.cfg.get("preset", "small"))
-        if preset not in PRESETS:
-            raise OptionError(f"unknown iter preset '{preset}' (choose from {', '.join(PRESETS)})")
-        self.preset = PRESETS[preset]
+    def __init__(self, cfg: Mapping[str, Any], device: torch.device | str) -> None:
+        super().__init__(cfg, device)
+        self.preset = PRESETS[check_choice("preset", self.cfg.get("preset", "small"), PRESETS)]
         parts = self.cfg.get("train", list(self.default_train))
-        if isinstance(parts, str):
-            parts = [parts]
-        parts = list(parts)
-        _unknown(parts, PARTS, "train")
+        parts = [parts] if isinstance(parts, str) else list(parts)
+        check_keys(parts, PARTS, "train")
         if not parts:
             raise OptionError("train must name at least one of lq_encoder, refine, evaluator")
         self.parts = tuple(p for p in PARTS if p in parts)
-        lcfg = dict(self.cfg.get("losses") or {})
-        _unknown(lcfg, LOSS_DEFAULTS, "losses")
-        self.w = {**LOSS_DEFAULTS, **lcfg}
-        for k in ("dist", "pixel", "refine", "eval", "gumbel_tau", "beta"):
-            self.w[k] = float(self.w[k])
+        self.loss_weights = self.read_losses(LOSS_DEFAULTS)
         for k, choices in (("refine_tokens", ("all", "masked")), ("eval_balance", ("lq", "both", "none")),
                            ("mask_schedule", SCHEDULES)):
-            if self.w[k] not in choices:
-                raise OptionError(f"losses.{k} must be one of {', '.join(choices)}, got '{self.w[k]}'")
+            check_choice(f"losses.{k}", self.loss_weights[k], choices)
+        self.pixel_loss = L.ImageLoss({"l1": 1.0}, input_range=(0.0, 1.0))
         self.model = self._build_model().to(self.device)
         self.model.requires_grad_(False)
         for part in self.parts:
             self._part(part).requires_grad_(True)
-        self.model.tokenizer.requires_grad_(False)
-        self.val_batch: dict[str, torch.Tensor] | None = None  # built lazily; tests may set it
+        self.freeze()
 
     # --- model ---------------------------------------------------------------------------------
     def _net_cfg(self, name: str) -> dict[str, Any]:
-        return {**getattr(self.preset, name), **(self.cfg.get(name) or {})}
+        return {**getattr(self.preset, name), **section(self.cfg, name)}
 
     def _build_model(self) -> ITER:
         init = self.cfg.get("init")
@@ -174,6 +157,11 @@ class ITERTask:
         assert module is not None
         return module  # type: ignore[no-any-return]
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """The tokenizer (EMA codebook) and the networks this task does not train."""
+        others = [getattr(self.model, name) for name in PARTS if name not in self.parts]
+        return [self.model.tokenizer] + [m for m in others if m is not None]
+
     def modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"tokenizer": self.model.tokenizer, "lq_encoder": self.model.lq_encoder}
         if self.model.refine is not None:
@@ -186,65 +174,27 @@ class ITERTask:
         return list(self.parts)
 
     def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
-        params = [p for part in self.parts for p in self._part(part).parameters() if p.requires_grad]
-        return {"g": params}
+        return {"g": trainable_parameters(*(self._part(part) for part in self.parts))}
 
     # --- data ----------------------------------------------------------------------------------
-    def crop_size(self, data: dict[str, Any]) -> int:
+    def crop_size(self, data: Mapping[str, Any]) -> int:
         crop = int(data.get("crop_size", self.preset.crop_size))
         unit = self.model.scale * self.model.lr_multiple
         if crop % unit:
             raise OptionError(f"crop_size {crop} must be a multiple of {unit} (scale x{self.model.scale}, tokenizer f={self.model.factor})")
         return crop
 
-    def _dataset(self, data: dict[str, Any], seed_offset: int = 0, length: int | None = None,
-                 augment: bool = True) -> Dataset[Any]:
-        from tokensr.data.datasets import HRCropDataset
-
-        if not data.get("root"):
-            raise OptionError("the iter task needs data.root: a folder of HR training images (data.root=FOLDER)")
-        kwargs = {k: v for k, v in data.items() if k not in ("crop_size", "scale")}
-        kwargs.setdefault("degradation", "realesrgan")
-        kwargs["seed"] = int(kwargs.get("seed", 0)) + seed_offset
-        if not augment:
-            kwargs["augment"] = False
-        if length is not None:
-            kwargs["length"] = length
-            kwargs.pop("cache_dir", None)
-        try:
-            return HRCropDataset(crop_size=self.crop_size(data), scale=self.model.scale, **kwargs)
-        except TypeError as e:
-            raise OptionError(f"bad data option: {e}") from e
-
-    def train_dataset(self) -> Dataset[Any]:
-        return self._dataset(dict(self.cfg.get("data") or {}))
-
-    def _validation_batch(self) -> dict[str, torch.Tensor] | None:
-        if self.val_batch is None:
-            data = self.cfg.get("val_data") or self.cfg.get("data")
-            if not data or not data.get("root"):
-                return None
-            count = int((self.cfg.get("val") or {}).get("count", 4))
-            ds = self._dataset(dict(data), VAL_SEED_OFFSET, length=count, augment=False)
-            items = [ds[i] for i in range(count)]
-            self.val_batch = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in ("hr", "lr")}
-        return {k: v.to(self.device) for k, v in self.val_batch.items()}
+    def data_scale(self) -> int | None:
+        return self.model.scale
 
     # --- losses --------------------------------------------------------------------------------
-    def _frozen_eval(self) -> None:
-        """The tokenizer (EMA codebook) and frozen networks stay in eval mode."""
-        self.model.tokenizer.eval()
-        for name in PARTS:
-            module = getattr(self.model, name)
-            if module is not None and name not in self.parts:
-                module.eval()
-
     def _loss(
-        self, hr: torch.Tensor, lr: torch.Tensor, w: torch.Tensor, generator: torch.Generator | None = None,
+        self, hr: torch.Tensor, lr: torch.Tensor, sample_weight: torch.Tensor | None,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        self._frozen_eval()
-        m = self.model
-        target = m.hr_tokens(hr)  # S_h [B, h, w]
+        self.keep_frozen()
+        m, lw = self.model, self.loss_weights
+        target = m.tokenizer.tokenize(hr)  # S_h [B, h, w]
         total = torch.zeros((), device=self.device)
         logs: dict[str, float] = {}
         # --- E_l (Eq. 2) ---
@@ -253,15 +203,14 @@ class ITERTask:
             if lq_logits.shape[-2:] != target.shape[-2:]:
                 raise OptionError(f"LQ token grid {tuple(lq_logits.shape[-2:])} != HR token grid {tuple(target.shape[-2:])}")
             ce = F.cross_entropy(lq_logits.float(), target, reduction="none")
-            dist = _weighted_mean(ce, w)
-            total = total + self.w["dist"] * dist
+            dist = _token_mean(ce, sample_weight)
+            total = total + lw["dist"] * dist
             lq = lq_logits.detach().argmax(1)
             logs["dist_ce"] = dist.item()
-            if self.w["pixel"] > 0:
-                onehot = F.gumbel_softmax(lq_logits.float(), tau=self.w["gumbel_tau"], hard=True, dim=1)
-                img = m.decode_onehot(onehot)
-                pix = _weighted_mean((img - hr).abs().mean(1), w)
-                total = total + self.w["pixel"] * pix
+            if lw["pixel"] > 0:
+                onehot = F.gumbel_softmax(lq_logits.float(), tau=lw["gumbel_tau"], hard=True, dim=1)
+                pix, _ = self.pixel_loss.reconstruction(m.decode_onehot(onehot), hr, sample_weight)
+                total = total + lw["pixel"] * pix
                 logs["pixel_l1"] = pix.item()
         else:
             with torch.no_grad():
@@ -279,15 +228,15 @@ class ITERTask:
                 e_lq = evaluator(lq, lq)
             lq_label = (lq == target).long()
             lq_good = e_lq.detach().argmax(1).bool()
-            keep = training_keep_mask(b, h * wd, self.device, self.w["mask_schedule"], generator).view(b, h, wd)
+            keep = training_keep_mask(b, h * wd, self.device, lw["mask_schedule"], generator).view(b, h, wd)
             s_t = torch.where(keep, target, torch.full_like(target, m.mask_id))
             with torch.set_grad_enabled(grad and train_refine):
                 r_logits = refine(s_t, lq, lq_good)
             if train_refine:
                 ce = F.cross_entropy(r_logits.float(), target, reduction="none")
-                sel = ~keep if self.w["refine_tokens"] == "masked" else None
-                l_ref = _weighted_mean(ce, w, sel)
-                total = total + self.w["refine"] * l_ref
+                sel = ~keep if lw["refine_tokens"] == "masked" else None
+                l_ref = _token_mean(ce, sample_weight, sel)
+                total = total + lw["refine"] * l_ref
                 logs["refine_ce"] = l_ref.item()
             pred = r_logits.detach().argmax(1)
             pred_label = (pred == target).long()
@@ -295,89 +244,73 @@ class ITERTask:
             logs["mask_ratio"] = (~keep).float().mean().item()
             if train_eval:
                 e_pred = evaluator(pred, lq)
-                balance = self.w["eval_balance"]
-                l_lq = self._eval_ce(e_lq, lq_label, w, balance in ("lq", "both"))
-                l_pred = self._eval_ce(e_pred, pred_label, w, balance == "both")
-                total = total + self.w["eval"] * (l_lq + l_pred)
+                balance = lw["eval_balance"]
+                l_lq = self._eval_ce(e_lq, lq_label, sample_weight, balance in ("lq", "both"))
+                l_pred = self._eval_ce(e_pred, pred_label, sample_weight, balance == "both")
+                total = total + lw["eval"] * (l_lq + l_pred)
                 logs["eval_lq_ce"] = l_lq.item()
                 logs["eval_pred_ce"] = l_pred.item()
                 logs["eval_lq_acc"] = (e_lq.detach().argmax(1) == lq_label).float().mean().item()
         logs["loss"] = total.item()
         return total, logs
 
-    def _eval_ce(self, logits: torch.Tensor, label: torch.Tensor, w: torch.Tensor, balanced: bool) -> torch.Tensor:
+    def _eval_ce(self, logits: torch.Tensor, label: torch.Tensor, sample_weight: torch.Tensor | None,
+                 balanced: bool) -> torch.Tensor:
         """Cross-entropy of ``phi_e``'s logits ``[B, 2, h, w]`` against good/bad labels ``[B, h, w]``."""
         if not balanced:
-            return _weighted_mean(F.cross_entropy(logits.float(), label, reduction="none"), w)
+            return _token_mean(F.cross_entropy(logits.float(), label, reduction="none"), sample_weight)
         flat = logits.permute(0, 2, 3, 1).reshape(-1, 2).float()
-        tw = w[:, None, None].expand_as(label).reshape(-1)
-        return class_balanced_cross_entropy(flat, label.reshape(-1), self.w["beta"], tw)
-
-    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        hr = batch["hr"].to(self.device, torch.float32)
-        lr = batch["lr"].to(self.device, torch.float32)
-        w = batch.get("weight")
-        weights = torch.ones(hr.shape[0], device=self.device) if w is None else w.to(self.device, torch.float32).view(-1)
-        return hr, lr, weights
+        if sample_weight is None:
+            sample_weight = torch.ones(label.shape[0], device=label.device)
+        tw = sample_weight[:, None, None].expand_as(label).reshape(-1)
+        return class_balanced_cross_entropy(flat, label.reshape(-1), self.loss_weights["beta"], tw)
 
     def losses(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        hr, lr, w = self._inputs(batch)
-        loss, logs = self._loss(hr, lr, w)
+        hr, lr, sample_weight = self.inputs(batch)
+        assert lr is not None
+        loss, logs = self._loss(hr, lr, sample_weight)
         return {"g": loss}, logs
 
     # --- validation / export -------------------------------------------------------------------
-    @torch.no_grad()
-    def validate(self, step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        batch = self._validation_batch()
-        if batch is None:
-            return {}, {}
-        val = dict(self.cfg.get("val") or {})
-        _unknown(val, ("count", "images", "steps", "alpha"), "val")
+    def evaluate(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         m = self.model
-        modes = {n: mod.training for n, mod in self.modules().items()}
-        for mod in self.modules().values():
-            mod.eval()
         hr, lr = batch["hr"], batch["lr"]
-        w = torch.ones(hr.shape[0], device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(0)
-        _, logs = self._loss(hr, lr, w, gen)
-        target = m.hr_tokens(hr)
-        result = m.restore(lr, steps=val.get("steps"), alpha=val.get("alpha"))
+        _, logs = self._loss(hr, lr, None, gen)
+        target = m.tokenizer.tokenize(hr)
+        result = m.restore(lr, steps=self.val.extra.get("steps"), alpha=self.val.extra.get("alpha"))
         assert result.lq_tokens is not None
         lq_img = m.decode_tokens(result.lq_tokens)
         sr = m.decode_tokens(result.tokens)
-        for n, mod in self.modules().items():
-            mod.train(modes[n])
         metrics = {k: v for k, v in logs.items() if k != "loss"}
         metrics.update(
-            psnr_lq=_psnr(lq_img, hr),
-            psnr_tokenizer=_psnr(m.decode_tokens(target), hr),
+            psnr_lq=L.psnr(lq_img, hr),
+            psnr_tokenizer=L.psnr(m.decode_tokens(target), hr),
             lq_token_acc=(result.lq_tokens == target).float().mean().item(),
         )
         if m.can_refine:
             metrics.update(
-                psnr_iter=_psnr(sr, hr),
+                psnr_iter=L.psnr(sr, hr),
                 iter_token_acc=(result.tokens == target).float().mean().item(),
                 steps_run=result.start_steps.float().mean().item(),
             )
-        n = int(val.get("images", 4))
         lr_up = F.interpolate(lr, size=hr.shape[-2:], mode="nearest")
-        rows = [_strip(lr_up, n), _strip(lq_img, n)] + ([_strip(sr, n)] if m.can_refine else []) + [_strip(hr, n)]
-        return metrics, {"lr_lq_iter_hr": torch.cat(rows, dim=1)}
+        rows = [lr_up, lq_img] + ([sr] if m.can_refine else []) + [hr]
+        return metrics, {"lr_lq_iter_hr": image_rows(rows, self.val.images)}
 
-    def export(self, folder: str) -> None:
-        self.model.save_pretrained(folder)
 
 
 class LQEncoderTask(ITERTask):
     """Stage 1 of a staged schedule: the LQ encoder alone (Eq. 2)."""
 
+    name = "iter_lq_encoder"
     default_train = ("lq_encoder",)
 
 
 class RefineEvalTask(ITERTask):
     """Stage 2 of a staged schedule: ``phi_r`` and ``phi_e`` with ``E_l`` frozen (Algorithm 1)."""
 
+    name = "iter_refine"
     default_train = ("refine", "evaluator")
 
 

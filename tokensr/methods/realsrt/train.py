@@ -13,17 +13,19 @@ The paper trains in three stages, each freezing what came before (sec. 4.1):
    perceptual and a hinge GAN whose weight is adapted on the CCM's zero conv.
 
 Each stage exports a complete RealSRT folder (``save_pretrained``) that the next stage's
-``init_from`` points to and that ``tokensr upscale --method realsrt --weights FOLDER`` runs.
+``init`` points to and that ``tokensr upscale --method realsrt --weights FOLDER`` runs.
 
 Task config keys (``task_config``)::
 
     tokenizer: vqgan-small     # generator stage: a VQGAN folder or bundled name
-    init_from: FOLDER          # critic/CCM stages (and to continue a generator): a RealSRT folder
+    init: FOLDER               # critic/CCM stages (and to continue a generator): a RealSRT folder
+                               # (init_from: the old spelling, still read)
     preset: small              # transformer sizes: small | paper | tiny
     generator: {...}           # TokenTransformerConfig overrides (dim, heads, hr_depth, ...)
     critic: {...}              # same, for the critic stage
     scale: 4
-    lr_patch: 32               # LR crop side (HR crop = lr_patch * scale); default: preset
+    lr_patch: 32               # LR crop side (HR crop = lr_patch * scale, so no data.crop_size);
+                               # stored with the model; default: preset
     stride: 24                 # inference stride saved with the model; default: preset
     lr_input: tokens           # tokens (paper) | latents
     data: {root: FOLDER, degradation: realesrgan, ...HRCropDataset options}
@@ -39,31 +41,33 @@ Task config keys (``task_config``)::
              adaptive: true, max_gan_weight: 1e4}
     discriminator: {type: patch, ndf: 64, n_layers: 3}
 
-``perceptual`` needs the torchvision VGG19 file (``vgg: FILE`` or ``TOKENSR_VGG19``); without
+Config reading, crops, the validation batch and frozen modules come from the shared task layer
+(:class:`tokensr.train.base.TaskBase`); the CCM's image terms are one
+:class:`tokensr.nn.losses.ImageLoss`. ``perceptual`` needs the torchvision VGG19 file (``vgg: FILE`` or ``TOKENSR_VGG19``); without
 it the ``substitute`` losses (L1 + 1 - MS-SSIM) are used instead, with a warning.
 """
 from __future__ import annotations
 
-import difflib
 import logging
-from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from tokensr.errors import OptionError
 from tokensr.methods.realsrt.model import PRESETS, Condition, RealSRT
 from tokensr.methods.realsrt.sampling import training_mask
 from tokensr.nn import losses as L
 from tokensr.nn.vqgan import VQGAN
+from tokensr.train.base import TaskBase, trainable_parameters
+from tokensr.train.batches import image_rows
+from tokensr.train.options import check_choice, check_keys, section
 
 log = logging.getLogger(__name__)
 
-VAL_SEED_OFFSET = 1_000_003
-COMMON_KEYS = ("preset", "scale", "lr_patch", "stride", "lr_input", "data", "val", "init_from")
+COMMON_KEYS = ("preset", "scale", "lr_patch", "stride", "lr_input", "init")
 CCM_LOSS_DEFAULTS: dict[str, Any] = {
     "l2": 1.0,  # the reference code's pixel loss is MSE
     "l1": 0.0,
@@ -78,147 +82,96 @@ CCM_LOSS_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _check_keys(keys: Iterable[str], allowed: Iterable[str], where: str) -> None:
-    allowed = list(allowed)
-    for k in keys:
-        if k not in allowed:
-            close = difflib.get_close_matches(k, allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(allowed)})"
-            raise OptionError(f"unknown {where} key '{k}'{hint}")
+class _Stage(TaskBase):
+    """What the three stages share: the preset, the model, the masked-token inputs, export."""
 
-
-class _Stage:
-    """What the three stages share: config, model, data, validation batch, export."""
-
-    extra_keys: tuple[str, ...] = ()
     trained: str = ""  # the module trained by this stage
+    val_images = 2
+    degradation = "realesrgan"
 
-    def __init__(self, cfg: dict[str, Any], device: torch.device | str) -> None:
-        self.cfg = dict(cfg)
-        _check_keys(self.cfg, COMMON_KEYS + self.extra_keys, f"{type(self).__name__} task_config")
-        self.device = torch.device(device)
-        preset = str(self.cfg.get("preset", "small"))
-        if preset not in PRESETS:
-            raise OptionError(f"unknown realsrt preset '{preset}' (choose from {', '.join(PRESETS)})")
+    def __init__(self, cfg: Mapping[str, Any], device: torch.device | str) -> None:
+        super().__init__(cfg, device)
+        preset = check_choice("preset", self.cfg.get("preset", "small"), PRESETS)
         self.preset = PRESETS[preset]
         self.model = self._build_model().to(self.device)
         self.model.requires_grad_(False)
-        self.val_batch: dict[str, torch.Tensor] | None = None  # built lazily; tests may set it
+        self.freeze()
 
     # --- model -------------------------------------------------------------------------------
     def _load_init(self) -> RealSRT:
-        init = self.cfg.get("init_from")
+        init = self.cfg.get("init")
         if init is None:
-            raise OptionError(f"{type(self).__name__} needs init_from: the RealSRT folder of the previous stage")
+            raise OptionError(f"{type(self).__name__} needs init: the RealSRT folder of the previous stage")
         if isinstance(init, RealSRT):
             return init
         try:
             return RealSRT.from_pretrained(str(init))
         except FileNotFoundError as e:
-            raise OptionError(f"init_from: {e}") from e
+            raise OptionError(f"init: {e}") from e
         except ValueError as e:
-            raise OptionError(f"init_from {init}: {e}") from e
+            raise OptionError(f"init {init}: {e}") from e
 
     def _build_model(self) -> RealSRT:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _frozen_eval(self) -> None:
-        """Keep frozen parts in eval mode whatever the caller did: the tokenizer's EMA codebook
-        must never update here."""
-        self.model.tokenizer.eval()
-        for name in ("generator", "critic"):
-            module = getattr(self.model, name)
-            if module is not None and name != self.trained:
-                module.eval()
+    def frozen_modules(self) -> list[nn.Module]:
+        """The tokenizer (its EMA codebook must never update) and the earlier stages' networks."""
+        others = [getattr(self.model, name) for name in ("generator", "critic") if name != self.trained]
+        return [self.model.tokenizer] + [m for m in others if m is not None]
 
     def ema_modules(self) -> list[str]:
         return [self.trained]
 
-    def export(self, folder: str) -> None:
-        self.model.save_pretrained(folder)
-
     # --- data --------------------------------------------------------------------------------
-    def _dataset(self, section: dict[str, Any], **overrides: Any) -> Dataset[Any]:
-        from tokensr.data.datasets import HRCropDataset
-
-        root = section.get("root")
-        if not root:
-            raise OptionError("realsrt training needs data.root: a folder of HR photos (data.root=FOLDER)")
-        if not Path(root).is_dir():
-            where = "" if Path(root).is_absolute() else f" (from {Path.cwd()})"
-            raise OptionError(f"data folder not found: {root}{where}; set data.root=FOLDER")
-        kwargs = {k: v for k, v in section.items() if k not in ("root", "crop_size", "scale")}
-        kwargs.setdefault("degradation", "realesrgan")
-        kwargs.update(overrides)
+    def crop_size(self, data: Mapping[str, Any]) -> int:
         crop = self.model.config.lr_patch * self.model.scale
-        try:
-            return HRCropDataset(root, crop_size=crop, scale=self.model.scale, **kwargs)
-        except TypeError as e:
-            raise OptionError(f"bad data option: {e}") from e
+        if "crop_size" in data and int(data["crop_size"]) != crop:
+            raise OptionError(f"data.crop_size {data['crop_size']}: RealSRT crops lr_patch x scale = {crop} px; "
+                              "set lr_patch instead")
+        return crop
 
-    def train_dataset(self) -> Dataset[Any]:
-        return self._dataset(dict(self.cfg.get("data") or {}))
-
-    def _validation_batch(self) -> dict[str, torch.Tensor] | None:
-        if self.val_batch is None:
-            val = dict(self.cfg.get("val") or {})
-            _check_keys(val, ("root", "count", "images"), "val")
-            section = dict(self.cfg.get("data") or {})
-            if val.get("root"):
-                section["root"] = val["root"]
-            if not section.get("root"):
-                return None
-            count = int(val.get("count", 4))
-            seed = int(section.pop("seed", 0)) + VAL_SEED_OFFSET
-            section.pop("length", None)
-            section.pop("cache_dir", None)
-            ds = self._dataset(section, seed=seed, length=count, augment=False)
-            items = [ds[i] for i in range(count)]
-            self.val_batch = {k: torch.stack([it[k] for it in items]) for k in ("hr", "lr")}
-        return {k: v.to(self.device) for k, v in self.val_batch.items()}
-
-    def _n_images(self) -> int:
-        return int((self.cfg.get("val") or {}).get("images", 2))
+    def data_scale(self) -> int | None:
+        return self.model.scale
 
     # --- batches -------------------------------------------------------------------------------
-    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        hr = batch["hr"].to(self.device, torch.float32)
-        lr = batch["lr"].to(self.device, torch.float32)
-        w = batch.get("weight")
-        return hr, lr, (w.to(self.device, torch.float32).view(-1) if w is not None else None)
-
     def _masked_inputs(
         self, hr: torch.Tensor, lr: torch.Tensor, rng: torch.Generator | None = None
     ) -> tuple[Condition, torch.Tensor, torch.Tensor, torch.Tensor]:
         """LR condition, HR target tokens, a random training mask and the masked input ids."""
         cond = self.model.condition(lr)
-        target = self.model.hr_tokens(hr)
+        target = self.model.tokenizer.tokenize(hr).flatten(1)
         b, n = target.shape
         mask = training_mask(b, n, self.device, generator=rng)
         ids = torch.where(mask, torch.full_like(target, self.model.mask_id), target)
         return cond, target, mask, ids
 
+    def _loss(self, hr: torch.Tensor, lr: torch.Tensor, sample_weight: torch.Tensor | None,
+              rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # pragma: no cover
+        raise NotImplementedError
 
-def _token_weights(w: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    def losses(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        hr, lr, sample_weight = self.inputs(batch)
+        assert lr is not None
+        loss, logs = self._loss(hr, lr, sample_weight)
+        return {"g": loss}, logs
+
+
+def _token_weights(sample_weight: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
     """Per-token weights of the selected tokens: each carries its sample's weight."""
-    if w is None:
+    if sample_weight is None:
         return torch.ones(int(mask.sum()), device=mask.device)
-    return w[:, None].expand_as(mask)[mask]
-
-
-def _strip(images: torch.Tensor, n: int) -> torch.Tensor:
-    """The first ``n`` images of ``[B, 3, H, W]`` side by side, ``[3, H, n*W]``."""
-    return torch.cat(list(images[:n].clamp(0, 1).cpu()), dim=2)
+    return sample_weight[:, None].expand_as(mask)[mask]
 
 
 class GeneratorTask(_Stage):
     """Stage 1: masked-token prediction (cross-entropy on masked tokens only)."""
 
-    extra_keys = ("tokenizer", "generator")
+    name = "realsrt_generator"
+    keys = COMMON_KEYS + ("tokenizer", "generator")
     trained = "generator"
 
     def _build_model(self) -> RealSRT:
-        if self.cfg.get("init_from") is not None:
+        if self.cfg.get("init") is not None:
             return self._load_init()
         tok = self.cfg.get("tokenizer")
         if tok is None:
@@ -230,7 +183,7 @@ class GeneratorTask(_Stage):
                 tokenizer = VQGAN.from_pretrained(str(tok))
             except FileNotFoundError as e:
                 raise OptionError(f"tokenizer: {e}") from e
-        generator = {**self.preset.generator, **(self.cfg.get("generator") or {})}
+        generator = {**self.preset.generator, **section(self.cfg, "generator")}
         try:
             return RealSRT.create(
                 tokenizer.to(self.device), generator,
@@ -242,7 +195,7 @@ class GeneratorTask(_Stage):
         except (TypeError, ValueError) as e:
             raise OptionError(f"bad realsrt model option: {e}") from e
 
-    def __init__(self, cfg: dict[str, Any], device: torch.device | str) -> None:
+    def __init__(self, cfg: Mapping[str, Any], device: torch.device | str) -> None:
         super().__init__(cfg, device)
         self.model.generator.requires_grad_(True)
 
@@ -250,41 +203,29 @@ class GeneratorTask(_Stage):
         return {"generator": self.model.generator, "tokenizer": self.model.tokenizer}
 
     def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
-        return {"g": [p for p in self.model.generator.parameters() if p.requires_grad]}
+        return {"g": trainable_parameters(self.model.generator)}
 
-    def _loss(self, hr: torch.Tensor, lr: torch.Tensor, w: torch.Tensor | None,
+    def _loss(self, hr: torch.Tensor, lr: torch.Tensor, sample_weight: torch.Tensor | None,
               rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        self._frozen_eval()
+        self.keep_frozen()
         cond, target, mask, ids = self._masked_inputs(hr, lr, rng)
         # logits of the masked tokens only, [M, K] in row-major order (the loss ignores the rest)
         logits = self.model.generator(ids, cond.lr, cond.hw, select=mask)
         ce = F.cross_entropy(logits.float(), target[mask], reduction="none")
-        tw = _token_weights(w, mask)
+        tw = _token_weights(sample_weight, mask)
         loss = (ce * tw).sum() / tw.sum().clamp_min(1e-8)
         with torch.no_grad():
             acc = (logits.argmax(-1) == target[mask]).float().mean().item()
         return loss, {"ce": loss.item(), "masked_acc": acc, "mask_ratio": mask.float().mean().item()}
 
-    def losses(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        hr, lr, w = self._inputs(batch)
-        loss, logs = self._loss(hr, lr, w)
-        return {"g": loss}, logs
-
-    @torch.no_grad()
-    def validate(self, step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        batch = self._validation_batch()
-        if batch is None:
-            return {}, {}
-        was = self.model.generator.training
-        self.model.generator.eval()
+    def evaluate(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         hr, lr = batch["hr"], batch["lr"]
         rng = torch.Generator(device=self.device).manual_seed(0)
         _, logs = self._loss(hr, lr, None, rng)
         cond = self.model.condition(lr)
         result = self.model.generate(cond, 4, "generator", score_last=False)
         sr = self.model.decode(result.tokens, cond.hw)
-        target = self.model.hr_tokens(hr)
-        self.model.generator.train(was)
+        target = self.model.tokenizer.tokenize(hr).flatten(1)
         metrics = {
             "ce": logs["ce"],
             "masked_acc": logs["masked_acc"],
@@ -292,29 +233,28 @@ class GeneratorTask(_Stage):
             "psnr_T4": L.psnr(sr, hr),
             "psnr_bicubic": L.psnr(cond.lr_up, hr),
         }
-        n = self._n_images()
-        grid = torch.cat([_strip(cond.lr_up, n), _strip(sr, n), _strip(hr, n)], dim=1)
-        return metrics, {"bicubic_generated_hr": grid}
+        return metrics, {"bicubic_generated_hr": image_rows([cond.lr_up, sr, hr], self.val.images)}
 
 
 class CriticTask(_Stage):
     """Stage 2: the critic learns which tokens of the frozen generator's canvas were masked."""
 
-    extra_keys = ("critic",)
+    name = "realsrt_critic"
+    keys = COMMON_KEYS + ("critic",)
     trained = "critic"
 
     def _build_model(self) -> RealSRT:
         model = self._load_init()
         if model.critic is None:
             try:
-                model.add_critic({**self.preset.critic, **(self.cfg.get("critic") or {})})
+                model.add_critic({**self.preset.critic, **section(self.cfg, "critic")})
             except (TypeError, ValueError) as e:
                 raise OptionError(f"bad critic option: {e}") from e
         else:
-            log.info("continuing to train the critic found in init_from")
+            log.info("continuing to train the critic found in init")
         return model
 
-    def __init__(self, cfg: dict[str, Any], device: torch.device | str) -> None:
+    def __init__(self, cfg: Mapping[str, Any], device: torch.device | str) -> None:
         super().__init__(cfg, device)
         assert self.model.critic is not None
         self.critic = self.model.critic
@@ -324,7 +264,7 @@ class CriticTask(_Stage):
         return {"critic": self.critic, "generator": self.model.generator, "tokenizer": self.model.tokenizer}
 
     def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
-        return {"g": [p for p in self.critic.parameters() if p.requires_grad]}
+        return {"g": trainable_parameters(self.critic)}
 
     @torch.no_grad()
     def critic_batch(
@@ -333,36 +273,25 @@ class CriticTask(_Stage):
         """The critic's input and labels: a random mask is filled in by the frozen generator
         (argmax); ``labels`` is 1 where the token was masked (generated), 0 where it is the
         ground truth. Returns ``(cond, target, tokens, labels)``."""
-        self._frozen_eval()
+        self.keep_frozen()
         cond, target, mask, ids = self._masked_inputs(hr, lr, rng)
         tokens = target.clone()
         tokens[mask] = self.model.generator(ids, cond.lr, cond.hw, select=mask).argmax(-1)
         return cond, target, tokens, mask.float()
 
-    def _loss(self, hr: torch.Tensor, lr: torch.Tensor, w: torch.Tensor | None,
+    def _loss(self, hr: torch.Tensor, lr: torch.Tensor, sample_weight: torch.Tensor | None,
               rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         cond, target, tokens, labels = self.critic_batch(hr, lr, rng)
         mask = labels.bool()
         logits = self.critic(tokens, cond.lr, cond.hw)  # [B, N]
         bce = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
-        loss = L.weighted_mean(bce.mean(dim=1), w)
+        loss = L.weighted_mean(bce.mean(dim=1), sample_weight)
         with torch.no_grad():
             acc = ((logits > 0) == mask).float().mean().item()
             wrong = ((tokens != target) & mask).sum().item() / max(1, int(mask.sum().item()))
         return loss, {"bce": loss.item(), "critic_acc": acc, "generator_err": wrong}
 
-    def losses(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        hr, lr, w = self._inputs(batch)
-        loss, logs = self._loss(hr, lr, w)
-        return {"g": loss}, logs
-
-    @torch.no_grad()
-    def validate(self, step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        batch = self._validation_batch()
-        if batch is None:
-            return {}, {}
-        was = self.critic.training
-        self.critic.eval()
+    def evaluate(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         hr, lr = batch["hr"], batch["lr"]
         rng = torch.Generator(device=self.device).manual_seed(0)
         _, logs = self._loss(hr, lr, None, rng)
@@ -373,22 +302,20 @@ class CriticTask(_Stage):
         sr_maskgit = self.model.decode(maskgit.tokens, cond.hw)
         conf = with_critic.steps[0].confidence.view(-1, 1, *cond.hw)
         conf = F.interpolate(1 - conf, size=hr.shape[-2:], mode="nearest").expand(-1, 3, -1, -1)
-        self.critic.train(was)
         metrics = {
             "bce": logs["bce"],
             "critic_acc": logs["critic_acc"],
             "psnr_T4_critic": L.psnr(sr, hr),
             "psnr_T4_generator_conf": L.psnr(sr_maskgit, hr),
         }
-        n = self._n_images()
-        grid = torch.cat([_strip(sr, n), _strip(conf, n), _strip(hr, n)], dim=1)
-        return metrics, {"generated_unconfidence1_hr": grid}
+        return metrics, {"generated_unconfidence1_hr": image_rows([sr, conf, hr], self.val.images)}
 
 
 class CCMTask(_Stage):
     """Stage 3: the CCM learns to steer the frozen decoder (pixel + perceptual + GAN losses)."""
 
-    extra_keys = ("ccm", "tokens", "steps", "confidence", "losses", "discriminator")
+    name = "realsrt_ccm"
+    keys = COMMON_KEYS + ("ccm", "tokens", "steps", "confidence", "losses", "discriminator")
     trained = "ccm"
 
     def _build_model(self) -> RealSRT:
@@ -399,55 +326,41 @@ class CCMTask(_Stage):
             except (TypeError, ValueError) as e:
                 raise OptionError(f"bad ccm option: {e}") from e
         else:
-            log.info("continuing to train the CCM found in init_from")
+            log.info("continuing to train the CCM found in init")
         return model
 
-    def __init__(self, cfg: dict[str, Any], device: torch.device | str) -> None:
+    def __init__(self, cfg: Mapping[str, Any], device: torch.device | str) -> None:
         super().__init__(cfg, device)
         assert self.model.ccm is not None
         self.ccm = self.model.ccm
         self.ccm.requires_grad_(True)
-        self.tokens = str(self.cfg.get("tokens", "generated"))
-        if self.tokens not in ("generated", "gt"):
-            raise OptionError(f"tokens must be 'generated' or 'gt', got '{self.tokens}'")
+        self.tokens = check_choice("tokens", self.cfg.get("tokens", "generated"), ("generated", "gt"))
         self.steps = int(self.cfg.get("steps", 4))
         default_conf = "critic" if self.model.critic is not None else "generator"
         self.confidence = str(self.cfg.get("confidence", default_conf))
         if self.confidence == "critic" and self.model.critic is None:
-            raise OptionError("confidence: critic, but init_from has no critic (train the critic stage first)")
-        lcfg = dict(self.cfg.get("losses") or {})
-        _check_keys(lcfg, CCM_LOSS_DEFAULTS, "losses")
-        self.w = {**CCM_LOSS_DEFAULTS, **lcfg}
-        for k in ("l1", "l2", "ms_ssim", "perceptual", "gan", "max_gan_weight"):
-            self.w[k] = float(self.w[k])
-        self.disc_start = int(self.w["disc_start"])
-        self.perceptual: nn.Module | None = None
-        if self.w["perceptual"] > 0:
-            self._setup_perceptual()
-        self.ms_ssim = L.MSSSIMLoss((0.0, 1.0)) if self.w["ms_ssim"] > 0 else None
-        self.discriminator: nn.Module | None = None
-        if self.w["gan"] > 0:
-            from tokensr.nn.discriminator import build_discriminator
+            raise OptionError("confidence: critic, but init has no critic (train the critic stage first)")
+        self.loss_weights = self.read_losses(CCM_LOSS_DEFAULTS)
+        perceptual = self._perceptual() if self.loss_weights["perceptual"] > 0 else None
+        self.loss = self.image_loss(self.loss_weights, input_range=(0.0, 1.0), perceptual=perceptual)
 
-            dcfg = dict(self.cfg.get("discriminator") or {"type": "patch"})
-            self.discriminator = build_discriminator(dcfg).to(self.device).train()
-
-    def _setup_perceptual(self) -> None:
+    def _perceptual(self) -> nn.Module | None:
+        """VGG19 when its file is found; else the ``substitute`` weights move onto L1 and MS-SSIM."""
         from tokensr.nn.vgg import find_vgg19
 
-        path = find_vgg19(self.w["vgg"])
+        path = find_vgg19(self.loss_weights["vgg"])
         if path is not None:
-            self.perceptual = L.PerceptualLoss(path, input_range=(0.0, 1.0)).to(self.device)
-            return
-        sub = dict(self.w["substitute"] or {})
-        _check_keys(sub, ("l1", "ms_ssim"), "losses.substitute")
+            return L.build_perceptual(str(path), input_range=(-1.0, 1.0))
+        sub = dict(self.loss_weights["substitute"] or {})
+        check_keys(sub, ("l1", "ms_ssim"), "losses.substitute")
         log.warning(
             "no VGG19 weights (losses.vgg=FILE or TOKENSR_VGG19): the CCM trains with the substitute "
             "perceptual losses %s instead", sub,
         )
-        self.w["perceptual"] = 0.0
-        self.w["l1"] += float(sub.get("l1", 0.0))
-        self.w["ms_ssim"] += float(sub.get("ms_ssim", 0.0))
+        self.loss_weights["perceptual"] = 0.0
+        self.loss_weights["l1"] += float(sub.get("l1", 0.0))
+        self.loss_weights["ms_ssim"] += float(sub.get("ms_ssim", 0.0))
+        return None
 
     def modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"ccm": self.ccm, "generator": self.model.generator,
@@ -459,73 +372,34 @@ class CCMTask(_Stage):
         return mods
 
     def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
-        groups: dict[str, Iterable[nn.Parameter]] = {"g": [p for p in self.ccm.parameters() if p.requires_grad]}
-        if self.discriminator is not None:
-            groups["d"] = list(self.discriminator.parameters())
+        groups = super().param_groups()
+        groups["g"] = trainable_parameters(self.ccm)
         return groups
 
     @torch.no_grad()
     def _tokens(self, hr: torch.Tensor, cond: Condition) -> torch.Tensor:
         if self.tokens == "gt":
-            return self.model.hr_tokens(hr)
+            return self.model.tokenizer.tokenize(hr).flatten(1)
         return self.model.generate(cond, self.steps, self.confidence, score_last=False).tokens
 
-    def _reconstruction(self, out: torch.Tensor, hr: torch.Tensor,
-                        w: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted per-sample pixel/structure/perceptual losses (images in [0, 1])."""
-        out32 = out.float()
-        per = torch.zeros(out.shape[0], device=out.device)
-        logs: dict[str, float] = {}
-        terms = (("l2", L.l2_loss), ("l1", L.l1_loss), ("ms_ssim", self.ms_ssim), ("perceptual", self.perceptual))
-        for name, fn in terms:
-            if fn is not None and self.w[name] > 0:
-                v = fn(out32 if name != "perceptual" else out, hr)
-                per = per + self.w[name] * v
-                logs[name] = v.mean().item()
-        return L.weighted_mean(per, w), logs
-
     def losses(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        self._frozen_eval()
-        hr, lr, w = self._inputs(batch)
+        self.keep_frozen()
+        hr, lr, sample_weight = self.inputs(batch)
+        assert lr is not None
         cond = self.model.condition(lr)
         ids = self._tokens(hr, cond)
         out = self.model.decode(ids, cond.hw, cond.lr_up)
-        nll, logs = self._reconstruction(out, hr, w)
-        result: dict[str, torch.Tensor] = {}
-        g = nll
-        if self.discriminator is not None and step >= self.disc_start:
-            g_adv = L.hinge_g_loss(self.discriminator(out * 2 - 1))
-            if self.w["adaptive"]:
-                aw = L.adaptive_gan_weight(nll, g_adv, self.ccm.last_layer, self.w["max_gan_weight"])
-            else:
-                aw = torch.ones((), device=self.device)
-            g = g + self.w["gan"] * aw * g_adv
-            real = self.discriminator(hr * 2 - 1)
-            fake = self.discriminator(out.detach() * 2 - 1)
-            result["d"] = L.hinge_d_loss(real, fake)
-            logs.update(g_adv=g_adv.item(), adaptive_weight=aw.item(), d_hinge=result["d"].item())
-        result["g"] = g
-        logs["psnr"] = L.psnr(out, hr)
-        return result, logs
+        terms = self.loss(out, hr, step, last_layer=self.ccm.last_layer, sample_weight=sample_weight)
+        return terms.per_optimizer(), {**terms.logs, "psnr": L.psnr(out, hr)}
 
-    @torch.no_grad()
-    def validate(self, step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        batch = self._validation_batch()
-        if batch is None:
-            return {}, {}
-        was = self.ccm.training
-        self.ccm.eval()
-        self._frozen_eval()
+    def evaluate(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         hr, lr = batch["hr"], batch["lr"]
         cond = self.model.condition(lr)
         ids = self.model.generate(cond, self.steps, self.confidence, score_last=False).tokens
         plain = self.model.decode(ids, cond.hw)
         steered = self.model.decode(ids, cond.hw, cond.lr_up)
-        self.ccm.train(was)
         metrics = {"psnr_no_ccm": L.psnr(plain, hr), "psnr_ccm": L.psnr(steered, hr)}
-        n = self._n_images()
-        grid = torch.cat([_strip(plain, n), _strip(steered, n), _strip(hr, n)], dim=1)
-        return metrics, {"no_ccm_ccm_hr": grid}
+        return metrics, {"no_ccm_ccm_hr": image_rows([plain, steered, hr], self.val.images)}
 
 
 __all__ = ["GeneratorTask", "CriticTask", "CCMTask", "CCM_LOSS_DEFAULTS"]

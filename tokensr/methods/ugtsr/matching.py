@@ -20,7 +20,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-from tokensr.methods.ugtsr.model import UGTSR, knn_codes
+from tokensr.methods.ugtsr.model import UGTSR
+from tokensr.nn.quantizer import knn_codes
 
 DEFAULT_KS = (1, 3, 5)
 

@@ -22,13 +22,17 @@ upsamplings when ``f < s``; Swin groups (:class:`tokensr.nn.swin.SwinGroup`) fol
 FeMaSR. Every new layer that writes into the frozen decoder is zero-initialised, so an
 untrained UGTSR decodes exactly the matched codes, like the plain VQGAN.
 
+The pieces live by role: :mod:`tokensr.methods.ugtsr.encoder` (``LQEncoder``, ``LQPyramid``),
+:mod:`tokensr.methods.ugtsr.fusion` (``TopKFusion``), :mod:`tokensr.methods.ugtsr.align`
+(``AlignAttention``), the nearest-codes search :func:`tokensr.nn.quantizer.knn_codes`; this
+module holds the config, the uncertainty head and the model that wires them.
+
 :class:`UGTSR` keeps the tokenizer inside (``tokenizer.`` prefix of one safetensors file,
 ``model_type "ugtsr"``); the tokenizer stays frozen and in eval mode.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,8 +42,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from tokensr.nn.blocks import Downsample, ResnetBlock, Upsample, group_norm
-from tokensr.nn.swin import SwinGroup, window_merge, window_partition
+from tokensr.methods.ugtsr.align import AlignAttention
+from tokensr.methods.ugtsr.encoder import LQEncoder, LQPyramid
+from tokensr.methods.ugtsr.fusion import TopKFusion, gather_codes
+from tokensr.nn.blocks import group_norm, zero_module
+from tokensr.nn.quantizer import knn_codes
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
 from tokensr.pretrained import WEIGHTS_NAME, PretrainedMixin, config_from_dict, read_config, resolve
 
@@ -108,298 +115,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _log2_ratio(a: int, b: int) -> int:
-    """``log2(a / b)`` for ``a >= b`` powers-of-two apart; ValueError otherwise."""
-    if a % b or (a // b) & (a // b - 1):
-        raise ValueError(f"{a} / {b} is not a power of two")
-    return int(math.log2(a // b))
 
 
-def zero_module(m: nn.Module) -> nn.Module:
-    """Zero every parameter of ``m`` (its output starts at 0; gradients still flow)."""
-    for p in m.parameters():
-        nn.init.zeros_(p)
-    return m
 
 
-# --- code matching ----------------------------------------------------------------------------
-@torch.no_grad()
-def knn_codes(z: torch.Tensor, codebook: torch.Tensor, k: int, chunk: int = 16384) -> torch.Tensor:
-    """Indices ``[B, k, H, W]`` of the ``k`` codes nearest (Euclidean) to each vector of
-    ``z [B, C, H, W]``, nearest first. Distances are computed in float32, ``chunk`` rows at a
-    time so large images do not build an N x K matrix at once."""
-    b, c, h, w = z.shape
-    if not 1 <= k <= codebook.shape[0]:
-        raise ValueError(f"k = {k} must be between 1 and the codebook size {codebook.shape[0]}")
-    flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, c)
-    codes = codebook.detach().float()
-    c2 = codes.pow(2).sum(1)[None, :]
-    out = []
-    for start in range(0, flat.shape[0], chunk):
-        rows = flat[start : start + chunk]
-        d = rows.pow(2).sum(1, keepdim=True) - 2.0 * rows @ codes.t() + c2
-        out.append(torch.topk(d, k, dim=1, largest=False, sorted=True).indices)
-    idx = torch.cat(out) if out else flat.new_zeros((0, k), dtype=torch.long)
-    return idx.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
 
 
-def gather_codes(codebook: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Code vectors for ``idx [B, k, H, W]`` as ``[B, k, C, H, W]``."""
-    return codebook[idx].permute(0, 1, 4, 2, 3).contiguous()
 
 
-# --- Restormer-style fusion of the k candidate codes ------------------------------------------
-class ChannelNorm(nn.Module):
-    """LayerNorm over the channels of ``[B, C, H, W]`` at every pixel (with bias)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class TransposedAttention(nn.Module):
-    """Restormer's multi-Dconv head transposed attention: 1x1 + depthwise 3x3 convs make
-    Q, K, V; attention is across *channels* (a ``C/heads`` square map per head, with
-    L2-normalised Q/K and a learned temperature), so its cost is linear in the pixel count."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"fusion_dim {dim} is not divisible by fusion_heads {heads}")
-        self.heads = heads
-        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
-        self.qkv = nn.Conv2d(dim, dim * 3, 1)
-        self.qkv_dw = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3)
-        self.proj = nn.Conv2d(dim, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv_dw(self.qkv(x)).chunk(3, dim=1)
-        q, k, v = (t.reshape(b, self.heads, c // self.heads, h * w) for t in (q, k, v))
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1) * self.temperature).softmax(dim=-1)
-        return self.proj((attn @ v).reshape(b, c, h, w))
 
 
-class GatedDconvFFN(nn.Module):
-    """Restormer's gated feed-forward: 1x1 up, depthwise 3x3, GELU gate, 1x1 down."""
-
-    def __init__(self, dim: int, expansion: float) -> None:
-        super().__init__()
-        hidden = max(1, int(dim * expansion))
-        self.up = nn.Conv2d(dim, hidden * 2, 1)
-        self.dw = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2)
-        self.down = nn.Conv2d(hidden, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.dw(self.up(x)).chunk(2, dim=1)
-        return self.down(F.gelu(a) * b)
-
-
-class RestormerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, expansion: float) -> None:
-        super().__init__()
-        self.norm1 = ChannelNorm(dim)
-        self.attn = TransposedAttention(dim, heads)
-        self.norm2 = ChannelNorm(dim)
-        self.ffn = GatedDconvFFN(dim, expansion)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
-
-
-class TopKFusion(nn.Module):
-    """Fuse the k nearest codes of every LQ feature into one refined feature (eq. 7).
-
-    The k candidate vectors (nearest first) are stacked on the channel axis (optionally with
-    the LQ feature itself), projected to ``dim``, passed through Restormer blocks and
-    projected back to ``code_dim``. The result is the nearest candidate plus a learned,
-    zero-initialised correction, so an untrained fusion reproduces nearest-neighbour matching.
-    """
-
-    def __init__(self, code_dim: int, k: int, dim: int, heads: int, blocks: int, expansion: float,
-                 with_lq: bool = False) -> None:
-        super().__init__()
-        self.k = k
-        self.with_lq = with_lq
-        self.inp = nn.Conv2d(code_dim * (k + int(with_lq)), dim, 1)
-        self.blocks = nn.Sequential(*(RestormerBlock(dim, heads, expansion) for _ in range(blocks)))
-        self.out = zero_module(nn.Conv2d(dim, code_dim, 1))
-
-    def forward(self, candidates: torch.Tensor, z_lq: torch.Tensor | None = None) -> torch.Tensor:
-        """``candidates [B, k, C, H, W]`` (nearest first) -> fused ``[B, C, H, W]``."""
-        if candidates.shape[1] != self.k:
-            raise ValueError(f"the fusion was built for k = {self.k}, got {candidates.shape[1]} candidates")
-        x = candidates.flatten(1, 2)
-        if self.with_lq:
-            if z_lq is None:
-                raise ValueError("this fusion also needs the LQ feature")
-            x = torch.cat([x, z_lq], dim=1)
-        return candidates[:, 0] + self.out(self.blocks(self.inp(x)))
-
-
-# --- Align-Attention ---------------------------------------------------------------------------
-class AlignAttention(nn.Module):
-    """Cross-attention with LQ features as the query and HQ features as key and value (eq. 9)::
-
-        F_align = softmax((F_LQ W_Q)(F_HQ W_K)^T / sqrt(d_k)) (F_HQ W_V)
-
-    computed with ``heads`` heads inside non-overlapping ``window x window`` windows (any map
-    size: padded positions are masked out of the keys and cropped from the output), after a
-    LayerNorm of each input. The output projection is zero-initialised.
-    """
-
-    def __init__(self, q_dim: int, kv_dim: int, out_dim: int, dim: int, heads: int, window: int) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"align_dim {dim} is not divisible by align_heads {heads}")
-        self.heads, self.window = heads, window
-        self.norm_q = nn.LayerNorm(q_dim)
-        self.norm_kv = nn.LayerNorm(kv_dim)
-        self.to_q = nn.Linear(q_dim, dim)
-        self.to_k = nn.Linear(kv_dim, dim)
-        self.to_v = nn.Linear(kv_dim, dim)
-        self.proj = zero_module(nn.Linear(dim, out_dim))
-
-    def forward(self, lq: torch.Tensor, hq: torch.Tensor) -> torch.Tensor:
-        """``lq [B, Cq, H, W]`` (query), ``hq [B, Ckv, H, W]`` (key/value) -> ``[B, out_dim, H, W]``."""
-        b, _, h, w = lq.shape
-        if hq.shape[0] != b or hq.shape[-2:] != (h, w):
-            raise ValueError(f"query {tuple(lq.shape)} and key/value {tuple(hq.shape)} maps differ in size")
-        ws = self.window
-        ph, pw = (-h) % ws, (-w) % ws
-        q_in = F.pad(lq, (0, pw, 0, ph)).permute(0, 2, 3, 1)
-        kv_in = F.pad(hq, (0, pw, 0, ph)).permute(0, 2, 3, 1)
-        H, W = h + ph, w + pw
-        q_win = window_partition(q_in, ws)  # [B*nW, n, Cq]
-        kv_win = window_partition(kv_in, ws)
-        q = self.to_q(self.norm_q(q_win))
-        kv = self.norm_kv(kv_win)
-        k, v = self.to_k(kv), self.to_v(kv)
-        bw, n, d = q.shape
-        q, k, v = (t.view(bw, n, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
-        mask = None
-        if ph or pw:
-            valid = F.pad(torch.ones(1, h, w, 1, device=lq.device), (0, 0, 0, pw, 0, ph))
-            keep = window_partition(valid, ws)[..., 0] > 0.5  # [nW, n]
-            mask = keep.repeat(b, 1)[:, None, None, :]  # [B*nW, 1, 1, n]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = self.proj(out.transpose(1, 2).reshape(bw, n, d))
-        out = window_merge(out, ws, b, H, W)[:, :h, :w]
-        return out.permute(0, 3, 1, 2).contiguous()
-
-
-# --- LQ encoder, LQ pyramid, uncertainty head --------------------------------------------------
-class LQEncoder(nn.Module):
-    """LR image ([-1, 1]) -> token-grid features ``feat`` and code-space features ``z`` (z^l)."""
-
-    def __init__(self, c: UGTSRConfig, code_dim: int, factor: int, scale: int) -> None:
-        super().__init__()
-        ch = c.enc_ch
-        self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
-        layers: list[nn.Module] = [ResnetBlock(ch, ch) for _ in range(c.enc_res_blocks)]
-        if factor >= scale:
-            self.n_down, self.n_up = _log2_ratio(factor, scale), 0
-            for _ in range(self.n_down):
-                out = min(ch * 2, c.enc_ch_max)
-                layers += [Downsample(ch), ResnetBlock(ch, out)]
-                layers += [ResnetBlock(out, out) for _ in range(c.enc_res_blocks - 1)]
-                ch = out
-        else:
-            self.n_down, self.n_up = 0, _log2_ratio(scale, factor)
-            for _ in range(self.n_up):
-                layers += [Upsample(ch), ResnetBlock(ch, ch)]
-        self.body = nn.Sequential(*layers)
-        self.to_swin = nn.Conv2d(ch, c.swin_dim, 3, padding=1)
-        self.swin = nn.Sequential(
-            *(SwinGroup(c.swin_dim, c.swin_depth, c.swin_heads, c.swin_window) for _ in range(c.swin_groups))
-        )
-        self.norm_out = group_norm(c.swin_dim)
-        self.to_code = nn.Conv2d(c.swin_dim, code_dim, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feat = self.swin(self.to_swin(self.body(self.conv_in(x))))
-        return feat, self.to_code(F.silu(self.norm_out(feat)))
-
-    @torch.no_grad()
-    def bridge(self, copied: set[str], source: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
-        """Function-preserving start for body layers that a warm start left fresh after the copied
-        ones (an x2 encoder started from an x4 one has one more downsampling).
-
-        Each fresh :class:`Downsample` becomes a 2x2 average pool; each fresh ResNet block becomes
-        the identity, its residual branch zeroed and a widening skip set to ``[I; 0]``; a fresh
-        ``to_swin`` that is wider than the source's takes the source's weights on its first input
-        channels. The x2 encoder then computes the x4 encoder with an average pool after its
-        LR-resolution blocks. The remaining ``to_swin`` weights keep their random start (they
-        read channels that are zero at first, so the function is unchanged, and they let those
-        channels receive gradients). Returns the names of the parameters set here.
-        """
-        set_here: list[str] = []
-        layers = list(self.body)
-        body = f"{prefix}body."
-        copied_layers = {int(k[len(body):].split(".")[0]) for k in copied if k.startswith(body)}
-        first_fresh = next((i for i in range(len(layers)) if i not in copied_layers), len(layers))
-        if first_fresh == 0 or any(i > first_fresh for i in copied_layers):
-            return set_here  # nothing copied before the fresh layers, or copied ones after them
-        for i in range(first_fresh, len(layers)):
-            layer, name = layers[i], f"{prefix}body.{i}."
-            if isinstance(layer, Downsample):
-                w = layer.conv.weight
-                w.zero_()
-                eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
-                w[:, :, :2, :2] = 0.25 * eye[:, :, None, None]
-                assert layer.conv.bias is not None
-                layer.conv.bias.zero_()
-                set_here += [name + "conv.weight", name + "conv.bias"]
-            elif isinstance(layer, ResnetBlock):
-                layer.conv2.weight.zero_()
-                layer.conv2.bias.zero_()
-                set_here += [name + "conv2.weight", name + "conv2.bias"]
-                if isinstance(layer.skip, nn.Conv2d):
-                    out_ch, in_ch = layer.skip.weight.shape[:2]
-                    layer.skip.weight.zero_()
-                    layer.skip.weight[:in_ch, :, 0, 0] = torch.eye(in_ch, dtype=layer.skip.weight.dtype,
-                                                                   device=layer.skip.weight.device)
-                    assert layer.skip.bias is not None and out_ch >= in_ch
-                    layer.skip.bias.zero_()
-                    set_here += [name + "skip.weight", name + "skip.bias"]
-            else:  # an upsampling or other layer: no identity start known; leave the bridge here
-                return set_here
-        key = f"{prefix}to_swin.weight"
-        src = source.get(key)
-        w = self.to_swin.weight
-        if key not in copied and src is not None and src.shape[0] == w.shape[0] and src.shape[2:] == w.shape[2:] \
-                and src.shape[1] < w.shape[1]:
-            w[:, : src.shape[1]] = src.to(w)
-            set_here.append(key)  # (its bias has the same shape, so the warm start copied it)
-        return set_here
-
-
-class LQPyramid(nn.Module):
-    """Upsample the token-level LQ features to the input resolution of decoder stages
-    ``1 .. max_stage`` (nearest x2 + conv, then a ResNet block to that stage's width)."""
-
-    def __init__(self, in_dim: int, stage_channels: list[int], max_stage: int) -> None:
-        super().__init__()
-        self.steps = nn.ModuleList()
-        ch = in_dim
-        for j in range(1, max_stage + 1):
-            out = stage_channels[j]
-            self.steps.append(nn.Sequential(Upsample(ch), ResnetBlock(ch, out)))
-            ch = out
-
-    def forward(self, feat: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps for stages 1, 2, ... (index ``j - 1``)."""
-        outs = []
-        for step in self.steps:
-            feat = step(feat)
-            outs.append(feat)
-        return outs
+# --- uncertainty head -------------------------------------------------------------------------
 
 
 class UncertaintyHead(nn.Module):
@@ -650,11 +378,9 @@ class UGTSR(nn.Module, PretrainedMixin):
 
     @torch.no_grad()
     def gt_indices(self, hr01: torch.Tensor) -> torch.Tensor:
-        """The HR image's own codes ``[B, H/f, W/f]`` (the tokenizer's nearest-code matching),
-        computed in float32 even under autocast so mixed precision cannot change the targets."""
-        with torch.autocast(device_type=hr01.device.type, enabled=False):
-            z = self.tokenizer.encode_continuous(hr01.float() * 2 - 1)
-        return knn_codes(z, self.codebook, 1)[:, 0]
+        """The HR image's own codes ``[B, H/f, W/f]``: :meth:`tokensr.nn.vqgan.VQGAN.tokenize`
+        (float32 even under autocast, so mixed precision cannot change the targets)."""
+        return self.tokenizer.tokenize(hr01)
 
 
 def pad_lr(lr: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -668,7 +394,4 @@ def pad_lr(lr: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(lr, (0, pw, 0, ph), mode=mode)
 
 
-__all__ = [
-    "PRESETS", "TOP_KS", "AlignAttention", "LQEncoder", "TopKFusion", "UGTSR", "UGTSRConfig", "UGTSROutput",
-    "UncertaintyHead", "gather_codes", "knn_codes", "pad_lr",
-]
+__all__ = ["PRESETS", "TOP_KS", "UGTSR", "UGTSRConfig", "UGTSROutput", "UncertaintyHead", "pad_lr"]
