@@ -120,6 +120,9 @@ def test_upscale_with_tiles_and_method_object() -> None:
     whole = tokensr.upscale(arr, method=Bicubic(2))
     tiled = tokensr.upscale(arr, method=Bicubic(2), tile=16, tile_overlap=8)
     assert np.abs(whole - tiled).max() < 1e-5
+    calls: list[tuple[int, int]] = []
+    tokensr.upscale(arr, method=Bicubic(2), tile=16, tile_overlap=8, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(i, 16) for i in range(1, 17)]  # 4 x 4 tiles, one call after each
 
 
 def test_bad_inputs() -> None:

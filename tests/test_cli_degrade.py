@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +79,14 @@ def test_centre_crop_and_bad_options(hr_dir: Path, tmp_path: Path, capsys) -> No
     assert main(["degrade", str(empty), str(tmp_path / "f")]) == 1
     assert main(["degrade", str(tmp_path / "missing"), str(tmp_path / "g")]) == 1
     assert "tokensr: error:" in capsys.readouterr().err
+
+
+def test_quiet_prints_nothing_but_still_writes(hr_dir: Path, tmp_path: Path, capsys, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    assert main(["degrade", str(hr_dir), str(tmp_path / "q"), "-q"]) == 0
+    assert capsys.readouterr().out == ""
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING]
+    assert len(list((tmp_path / "q" / "lr").glob("*.png"))) == 4
+    assert main(["degrade", str(hr_dir), str(tmp_path / "loud")]) == 0
+    assert "wrote 4 pairs" in capsys.readouterr().out
+    assert any("a.png" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)

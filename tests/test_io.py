@@ -14,11 +14,14 @@ from PIL import Image, ImageCms, ImageOps
 
 from tokensr.errors import ImageReadError, OptionError
 from tokensr.io import (
+    ImageHeader,
     ImageWriteError,
     LoadedImage,
+    PixelImage,
     encode_image,
     from_pil,
     is_image_name,
+    probe_image,
     read_image,
     to_pil,
     write_image,
@@ -442,3 +445,77 @@ def test_saved_weights_and_checkpoints_get_normal_permissions(tmp_path: Path) ->
     atomic_write_bytes(target, lambda p: Path(p).write_bytes(b"x"))
     assert target.read_bytes() == b"x" and sorted(p.name for p in target.parent.iterdir()) == ["model.safetensors"]
     assert target.stat().st_mode & 0o777 == NEW_FILE_MODE
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_streamed_8bit_png_decodes_exactly_in_several_blocks(tmp_path: Path, monkeypatch, channels: int) -> None:
+    """The 8-bit PNG writer (Paeth rows, one IDAT per block) gives the exact pixels to Pillow and OpenCV."""
+    from tokensr.io import encoders
+
+    monkeypatch.setattr(encoders, "_PNG_BLOCK_BYTES", 100)  # a few rows per block: exercises the row carry
+    arr = np.random.default_rng(channels).integers(0, 256, size=(23, 17, channels), dtype=np.uint8)
+    path = tmp_path / "s.png"
+    write_image(PixelImage(arr), path)
+    with Image.open(path) as im:
+        assert im.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+        assert np.array_equal(np.asarray(im).reshape(arr.shape), arr)
+    if channels != 2:  # OpenCV widens gray+alpha to BGRA
+        cv = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).reshape(23, 17, channels)
+        assert np.array_equal(cv[..., [2, 1, 0, 3][:channels]] if channels >= 3 else cv, arr)
+
+
+def test_pixel_image_to_8bit_formats_matches_the_float_path(tmp_path: Path) -> None:
+    rgba = np.random.default_rng(5).random((9, 11, 4)).astype(np.float32)
+    img = LoadedImage.from_planes(rgba, bit_depth=16)
+    for ext in (".jpg", ".bmp", ".webp"):
+        a = read_image(write_image(img, tmp_path / f"f{ext}"))
+        b = read_image(write_image(img.to_pixels(), tmp_path / f"p{ext}"))
+        assert np.abs(a.to_uint(8).astype(int) - b.to_uint(8).astype(int)).max() <= 1, ext
+
+
+def test_too_large_for_the_format_is_refused_before_encoding(tmp_path: Path) -> None:
+    big = PixelImage(np.zeros((1, 16_384, 3), dtype=np.uint8))
+    with pytest.raises(ImageWriteError, match="too large for WEBP"):
+        write_image(big, tmp_path / "wide.webp")
+    assert not list(tmp_path.iterdir())
+    assert write_image(big, tmp_path / "wide.png").is_file()
+
+
+def test_animated_gif_warns_that_only_the_first_frame_is_used(tmp_path: Path, caplog) -> None:
+    frames = [Image.new("RGB", (8, 6), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(tmp_path / "still.gif")
+    caplog.set_level("WARNING", logger="tokensr")
+    img = read_image(tmp_path / "anim.gif")
+    assert img.rgb[0, 0, 0] > 0.9 and img.rgb[0, 0, 2] < 0.1  # the first (red) frame
+    assert "anim.gif: animated GIF; only its first frame is used" in caplog.text
+    caplog.clear()
+    read_image(tmp_path / "still.gif")
+    assert "animated" not in caplog.text
+
+
+def test_animated_webp_warns_too(tmp_path: Path, caplog) -> None:
+    frames = [Image.new("RGB", (8, 6), c) for c in ((0, 255, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    caplog.set_level("WARNING", logger="tokensr")
+    img = read_image(tmp_path / "anim.webp")
+    assert img.rgb[0, 0, 1] > 0.9
+    assert "animated WEBP" in caplog.text
+
+
+def test_probe_reads_size_layout_and_depth_from_the_header(make_image, tmp_path: Path) -> None:
+    assert probe_image(make_image("p.png", "RGBA", size=(20, 14))) == ImageHeader(20, 14, 4, 8, "PNG")
+    assert probe_image(make_image("g.jpg", "L", size=(9, 5))) == ImageHeader(9, 5, 1, 8, "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = make_image("r.jpg", "RGB", size=(20, 14), exif=exif.tobytes())
+    header = probe_image(rotated)
+    assert (header.width, header.height) == (14, 20) == (read_image(rotated).width, read_image(rotated).height)
+    deep = tmp_path / "d.png"
+    deep.write_bytes(encode_png16(np.zeros((3, 4, 3), dtype=np.uint16)))
+    assert probe_image(deep) == ImageHeader(4, 3, 3, 16, "PNG")
+    (tmp_path / "t.txt").write_text("text")
+    with pytest.raises(ImageReadError, match="not an image"):
+        probe_image(tmp_path / "t.txt")
+    with pytest.raises(ImageReadError, match="over the limit"):
+        probe_image(make_image("b.png", "RGB", size=(20, 14)), max_pixels=100)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,16 @@ import torch.nn.functional as F
 from PIL import Image, ImageCms
 
 from tokensr.errors import OptionError
-from tokensr.inference.pipeline import output_names, upscale_alpha, upscale_files, upscale_image
+from tokensr.inference.pipeline import (
+    AUTO_TILE,
+    alpha_strips,
+    output_names,
+    render_image,
+    resolve_tile,
+    upscale_alpha,
+    upscale_files,
+    upscale_image,
+)
 from tokensr.io import LoadedImage, read_image
 from tokensr.methods.bicubic import Bicubic
 
@@ -142,3 +152,85 @@ def test_sixteen_bit_and_icc_survive_the_file_pipeline(tmp_path: Path) -> None:
     assert out.bit_depth == 16 and out.icc_profile == icc and (out.width, out.height) == (28, 24)
     # 16-bit output really has more than 256 levels
     assert len(np.unique(out.to_uint(16))) > 256
+
+
+@pytest.mark.parametrize(("channels", "bits"), [(1, 16), (2, 8), (3, 8), (4, 16)])
+def test_render_image_equals_the_float_result_quantised(channels: int, bits: int) -> None:
+    """Rows quantised as tiles finish == the whole float image quantised at the end."""
+    planes = np.random.default_rng(channels).random((37, 29, channels)).astype(np.float32)
+    img = LoadedImage.from_planes(planes, bit_depth=bits, source=Path("x.png"))
+    pixels = render_image(img, Tinted(), tile=12, overlap=4)
+    expected = upscale_image(img, Tinted(), tile=12, overlap=4, quiet=True).to_uint(bits)
+    assert pixels.pixels.dtype == (np.uint8 if bits == 8 else np.uint16)
+    assert pixels.pixels.shape == (74, 58, channels) and pixels.source == Path("x.png")
+    assert np.abs(pixels.pixels.astype(np.int64) - expected.astype(np.int64)).max() <= 1  # float rounding only
+
+
+def test_alpha_strips_join_exactly() -> None:
+    alpha = np.random.default_rng(4).random((23, 9)).astype(np.float32)
+    pieces = list(alpha_strips(alpha, 3, rows=5))
+    assert [y0 for y0, _ in pieces] == [0, 15, 30, 45, 60]
+    assert np.allclose(np.concatenate([p for _, p in pieces]), upscale_alpha(alpha, 3), atol=1e-6)
+
+
+def test_automatic_tiling() -> None:
+    assert resolve_tile(None, AUTO_TILE, AUTO_TILE) is None  # fits one tile: one pass
+    assert resolve_tile(None, 10, AUTO_TILE + 1) == AUTO_TILE
+    assert resolve_tile(0, 5000, 5000) is None and resolve_tile(64, 10, 10) == 64
+
+    class SavesFigures:
+        save_steps = "steps/"
+
+    assert resolve_tile(None, 5000, 5000, SavesFigures()) is None  # one figure for the whole image
+    assert resolve_tile(128, 5000, 5000, SavesFigures()) == 128
+
+
+def test_skip_existing_resumes_a_folder_run(make_image, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    for name in ("a.png", "b.png", "c.png"):
+        make_image(name, "RGB", folder=src)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"done before the interruption")
+    with pytest.raises(OptionError, match="contradict"):
+        upscale_files([src], out, Bicubic(2), skip_existing=True, overwrite=True, quiet=True)
+    summary = upscale_files([src], out, Bicubic(2), skip_existing=True, quiet=True)
+    assert summary.ok and summary.skipped == [out / "a.png"]
+    assert [p.name for p in summary.written] == ["b.png", "c.png"]
+    assert (out / "a.png").read_bytes() == b"done before the interruption"  # untouched
+    again = upscale_files([src], out, Bicubic(2), skip_existing=True, quiet=True)
+    assert again.n_written == 0 and again.n_skipped == 3
+
+
+def test_failures_are_listed_again_at_the_end(make_image, tmp_path: Path, caplog) -> None:
+    good = make_image("good.png", "RGB")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    caplog.set_level(logging.INFO, logger="tokensr")
+    summary = upscale_files([bad, good, tmp_path / "gone.jpg"], tmp_path / "out", Bicubic(2))
+    assert summary.n_written == 1 and summary.n_failed == 2
+    text = summary.fail_log()
+    assert text.splitlines() == [f"{tmp_path / 'gone.jpg'}: no such file or folder",
+                                 f"{bad}: not an image file (or a format tokensr cannot read)"]
+    final = [r.getMessage() for r in caplog.records if r.getMessage().startswith("failed (2)")]
+    assert len(final) == 1 and "bad.png: not an image" in final[0] and "gone.jpg: no such" in final[0]
+    assert caplog.records[-1].getMessage().startswith("done: 1 written, 2 failed")
+
+
+def test_progress_callback_per_image_and_tile(make_image, tmp_path: Path) -> None:
+    src = make_image("wide.png", "RGB", size=(40, 20))
+    calls: list[tuple[str, int, int]] = []
+
+    def for_image(path: Path) -> Callable[[int, int], None]:
+        return lambda done, total: calls.append((path.name, done, total))
+
+    summary = upscale_files([src], tmp_path / "out", Bicubic(2), tile=16, overlap=4, quiet=True, progress=for_image)
+    assert summary.ok
+    assert calls == [("wide.png", i, 6) for i in range(1, 7)]  # 3 x 2 tiles, one call each
+
+
+def test_fp16_on_cpu_is_refused() -> None:
+    img = LoadedImage.from_planes(np.zeros((4, 4, 3), dtype=np.float32))
+    with pytest.raises(OptionError, match="CUDA"):
+        render_image(img, Bicubic(2), fp16=True)
+    assert render_image(img, Bicubic(2)).pixels.shape == (8, 8, 3)

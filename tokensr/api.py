@@ -20,6 +20,7 @@ import torch
 
 from tokensr.errors import OptionError
 from tokensr.inference.pipeline import DEFAULT_OVERLAP, upscale_image
+from tokensr.inference.tiling import Progress
 from tokensr.io import LoadedImage, from_pil, read_image, to_pil
 from tokensr.methods import METHODS, build_method
 from tokensr.methods.base import SRMethod
@@ -157,7 +158,7 @@ def upscale(
     *,
     tile_overlap: int = DEFAULT_OVERLAP,
     tile_batch: int = 1,
-    progress: bool = False,
+    progress: bool | Progress = False,
     **options: Any,
 ) -> Any:
     """Upscale a PIL image, a numpy array or an image file; returns the same kind of image.
@@ -170,8 +171,12 @@ def upscale(
         None = ``tokensr.methods.default_method(scale)``, the best bundled method for the
         scale (as the CLI without ``--method``), else bicubic.
     scale: upscaling factor (default: the method's / model's, else 4).
-    tile: LR tile size for bounded memory (None: whole image at once); see
-        ``tokensr.inference.tiling``. ``tile_overlap``/``tile_batch`` tune it.
+    tile: LR tile side (None: automatic, 512-px tiles for images larger than that; 0: the
+        whole image in one pass); see ``tokensr.inference.tiling``. ``tile_overlap`` /
+        ``tile_batch`` tune it.
+    progress: True draws a tile progress bar on stderr (in a terminal); a callable
+        ``progress(done, total)`` is called after every batch of tiles instead (e.g. to drive
+        a web page's progress display).
     Alpha is upscaled separately (bicubic); gray stays gray; ICC profiles are kept.
     """
     from PIL import Image
@@ -181,7 +186,8 @@ def upscale(
 
         method = default_method(scale)
     sr_method = load(method, scale=scale, device=device, **options)
-    run = dict(tile=tile, overlap=tile_overlap, batch=tile_batch, quiet=not progress)
+    callback = progress if callable(progress) else None
+    run = dict(tile=tile, overlap=tile_overlap, batch=tile_batch, quiet=not progress, progress=callback)
     if isinstance(image, Image.Image):
         result = upscale_image(from_pil(image), sr_method, **run)  # type: ignore[arg-type]
         return to_pil(result)

@@ -30,12 +30,14 @@ PARAMS_NAME = "degradation_params.json"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hr_dir", metavar="HR_DIR", help="folder of clean HR images")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder (gets hr/, lr/ and the params JSON)")
-    parser.add_argument("--pipeline", choices=DEGRADATIONS, default="realesrgan", help="degradation (default realesrgan)")
+    parser.add_argument("--pipeline", choices=DEGRADATIONS, default="realesrgan",
+                        help="degradation (default realesrgan)")
     parser.add_argument("--scale", type=int, choices=(2, 4), default=4, help="downscale factor (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; image i uses seed+i (default 0)")
     parser.add_argument("--crop", type=int, default=None, metavar="N",
                         help="centre-crop each HR to at most NxN first (N a multiple of the scale)")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty OUT_DIR")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
 
 
 def _mod_crop(img: np.ndarray, scale: int, crop: int | None) -> np.ndarray:
@@ -58,6 +60,8 @@ def _format_record(record: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # --quiet keeps warnings and errors; reset otherwise (main() may run more than once in a process)
+    logging.getLogger("tokensr").setLevel(logging.WARNING if args.quiet else logging.NOTSET)
     scale = int(args.scale)
     if args.seed < 0:
         raise OptionError("--seed must be non-negative")
@@ -98,5 +102,6 @@ def run(args: argparse.Namespace) -> int:
         log.info("%s: %dx%d -> %dx%d", path.name, hr8.shape[1], hr8.shape[0], lr.shape[1], lr.shape[0])
     text = _format_record(record)
     atomic_write_bytes(out / PARAMS_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
-    print(f"wrote {len(files)} pairs to {out} ({args.pipeline}, x{scale}, seed {args.seed})")
+    if not args.quiet:
+        print(f"wrote {len(files)} pairs to {out} ({args.pipeline}, x{scale}, seed {args.seed})")
     return 0

@@ -14,12 +14,22 @@ of the overlap gives exactly the untiled result, and any other method still blen
 A method may set ``pad_multiple`` (int): the LR is padded (reflect, or replicate when the
 image is too small to reflect) up to a multiple of it before inference and the output is
 cropped back, so methods that need sizes divisible by e.g. 8 or 16 work on any image.
+
+Memory: `upscale_tiled_rows` never holds the whole float output. Tiles run in row-major
+order, ``batch`` at a time, and are summed into a float *band* only as tall as the tile rows
+in flight; the blend weights are separable (a row profile times a column profile), so no
+weight map is kept at all. As soon as no tile still to come can touch a row, the row is
+finished and handed to a ``sink(y0, rows)`` callback (top to bottom, each row exactly once),
+which can turn it into uint8 or write it out. Peak float memory is then about
+``tile * scale`` output rows (times ``batch`` rows of tiles) instead of the whole image.
+`upscale_tiled` is the same with a sink that fills one float tensor, for callers that want it.
+
+Progress: ``progress(done, total)`` is called after every batch of tiles (``total`` tiles).
 """
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +38,12 @@ from tokensr.errors import OptionError
 from tokensr.methods.base import SRMethod
 
 MIN_TILE = 8
+SINK_ROWS = 128  # finished rows are handed to the sink at most this many at a time
+
+# progress(done, total): called after every batch of tiles (or once for a single pass).
+Progress = Callable[[int, int], None]
+# sink(y0, rows): finished output rows ``[1, 3, n, W*scale]`` (float32 in [0, 1]) starting at y0.
+RowSink = Callable[[int, torch.Tensor], None]
 
 
 def pad_to_multiple(lr: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -90,7 +106,133 @@ def _run(method: SRMethod, lr: torch.Tensor, device: torch.device) -> torch.Tens
     return out
 
 
+def tile_count(method: SRMethod, height: int, width: int, tile: int | None, overlap: int = 16) -> int:
+    """How many method calls of one tile an ``height x width`` LR image takes (1 = one pass)."""
+    multiple = max(int(getattr(method, "pad_multiple", 1) or 1), 1)
+    ph, pw = math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
+    if tile is None or (ph <= tile and pw <= tile):
+        return 1
+    tile = math.ceil(tile / multiple) * multiple
+    overlap = min(overlap, (tile - 1) // 2)
+    return len(tile_starts(ph, min(tile, ph), overlap)) * len(tile_starts(pw, min(tile, pw), overlap))
+
+
+def _axis_profile(size: int, tile: int, starts: list[int], ramp: torch.Tensor, scale: int) -> tuple[
+    list[torch.Tensor], torch.Tensor
+]:
+    """Per-tile windows along one axis (output pixels) and their sum over the whole axis."""
+    windows = [_axis_window(tile * scale, ramp, s > 0, s + tile < size) for s in starts]
+    total = torch.zeros(size * scale, dtype=torch.float32, device=ramp.device)
+    for s, win in zip(starts, windows, strict=True):
+        total[s * scale : (s + tile) * scale] += win
+    return windows, total.clamp_min(1e-8)
+
+
+def _shift_up(band: torch.Tensor, n: int) -> None:
+    """Move the rows of ``band`` [1, C, H, W] up by ``n`` in place and zero the ``n`` freed at the bottom."""
+    height = band.shape[2]
+    if n >= height:
+        band.zero_()
+        return
+    for k in range(0, height - n, n):  # blocks of at most n rows: source and target never overlap
+        m = min(n, height - n - k)
+        band[..., k : k + m, :] = band[..., n + k : n + k + m, :]
+    band[..., height - n :, :] = 0.0
+
+
 @torch.inference_mode()
+def upscale_tiled_rows(
+    method: SRMethod,
+    lr: torch.Tensor,
+    sink: RowSink,
+    tile: int | None = None,
+    overlap: int = 16,
+    batch: int = 1,
+    *,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+) -> tuple[int, int]:
+    """Upscale ``lr`` ``[1, 3, H, W]`` (float, [0, 1]) tile by tile, streaming finished rows.
+
+    sink: called as ``sink(y0, rows)`` with ``rows`` ``[1, 3, n, W*scale]`` float32 in [0, 1]
+        on ``lr``'s device, for consecutive ``y0`` from 0 until all ``H*scale`` rows are out.
+        The tensor may be reused afterwards: copy what you keep.
+    tile: LR tile side in pixels; None (or an image no larger than one tile) means one pass.
+        Rounded up to the method's ``pad_multiple``.
+    overlap: LR pixels shared by neighbouring tiles (capped just under half the tile).
+    batch: tiles per method call; peak memory grows with ``tile * tile * batch``.
+    device: where the method runs (default: ``lr``'s device). Blending happens on ``lr``'s
+        device, so a GPU only ever holds one batch of tiles.
+    progress: ``progress(done, total)`` after each batch of tiles (once, ``(1, 1)``, for one pass).
+
+    Returns the output size ``(H*scale, W*scale)``.
+    """
+    if lr.ndim != 4 or lr.shape[0] != 1 or lr.shape[1] != 3:
+        raise ValueError(f"expected a [1, 3, H, W] tensor, got shape {tuple(lr.shape)}")
+    if batch < 1:
+        raise OptionError(f"tile batch must be >= 1, got {batch}")
+    if overlap < 0:
+        raise OptionError(f"tile overlap must be >= 0, got {overlap}")
+    if tile is not None and tile < MIN_TILE:
+        raise OptionError(f"tile must be at least {MIN_TILE} px, got {tile}")
+    run_device = torch.device(device) if device is not None else lr.device
+    scale = int(method.scale)
+    multiple = max(int(getattr(method, "pad_multiple", 1) or 1), 1)
+    h, w = lr.shape[-2:]
+    out_h, out_w = h * scale, w * scale
+    padded = pad_to_multiple(lr.float(), multiple)
+    ph, pw = padded.shape[-2:]
+
+    if tile is None or (ph <= tile and pw <= tile):
+        out = _run(method, padded, run_device).to(device=lr.device, dtype=torch.float32)
+        if progress is not None:
+            progress(1, 1)
+        sink(0, out[..., :out_h, :out_w].clamp(0.0, 1.0))
+        return out_h, out_w
+
+    tile = math.ceil(tile / multiple) * multiple
+    th, tw = min(tile, ph), min(tile, pw)
+    overlap = min(overlap, (tile - 1) // 2)  # keeps the stride positive
+    ys, xs = tile_starts(ph, th, overlap), tile_starts(pw, tw, overlap)
+    positions = [(y, x) for y in ys for x in xs]  # row-major: rows finish top to bottom
+    ramp = blend_ramp(overlap * scale, device=lr.device)
+    wys, row_sum = _axis_profile(ph, th, ys, ramp, scale)
+    wxs, col_sum = _axis_profile(pw, tw, xs, ramp, scale)
+    window_y = dict(zip(ys, wys, strict=True))
+    window_x = dict(zip(xs, wxs, strict=True))
+
+    band = torch.zeros(1, 3, 0, pw * scale, dtype=torch.float32, device=lr.device)
+    band_top = 0  # output row of band[:, :, 0]
+    done = 0
+    for group in _batches(positions, batch):
+        crops = torch.cat([padded[..., y : y + th, x : x + tw] for y, x in group], dim=0)
+        result = _run(method, crops, run_device).to(device=lr.device, dtype=torch.float32)
+        need = max(y + th for y, _ in group) * scale - band_top
+        if need > band.shape[2]:  # only the first time (or a taller batch): the band is reused
+            grown = torch.zeros(1, 3, need, pw * scale, dtype=torch.float32, device=lr.device)
+            grown[..., : band.shape[2], :] = band
+            band = grown
+        for i, (y, x) in enumerate(group):
+            win = window_y[y][:, None] * window_x[x][None, :]
+            rows = slice(y * scale - band_top, (y + th) * scale - band_top)
+            band[..., rows, x * scale : (x + tw) * scale].addcmul_(result[i : i + 1], win)
+        del result
+        done += len(group)
+        # Rows above the next tile still to run can no longer change: normalise and hand them on.
+        finished = (positions[done][0] if done < len(positions) else ph) * scale
+        if finished > band_top:
+            n = finished - band_top
+            for k in range(0, min(n, out_h - band_top), SINK_ROWS):  # small pieces: small temporaries
+                m = min(SINK_ROWS, n - k, out_h - band_top - k)
+                weights = row_sum[band_top + k : band_top + k + m, None] * col_sum[:out_w]
+                sink(band_top + k, (band[..., k : k + m, :out_w] / weights).clamp_(0.0, 1.0))
+            _shift_up(band, n)
+            band_top = finished
+        if progress is not None:
+            progress(done, len(positions))
+    return out_h, out_w
+
+
 def upscale_tiled(
     method: SRMethod,
     lr: torch.Tensor,
@@ -100,70 +242,41 @@ def upscale_tiled(
     *,
     device: str | torch.device | None = None,
     quiet: bool = False,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Upscale ``lr`` ``[1, 3, H, W]`` (float, [0, 1]) with ``method``, tile by tile.
 
-    tile: LR tile side in pixels; None (or an image no larger than one tile) means one pass.
-        Rounded up to the method's ``pad_multiple``.
-    overlap: LR pixels shared by neighbouring tiles (capped just under half the tile).
-    batch: tiles per method call; peak memory grows with ``tile * tile * batch``.
-    device: where the method runs (default: ``lr``'s device). The output is accumulated on
-        ``lr``'s device, so a GPU only ever holds one batch of tiles.
-    quiet: no progress bar (there is none for a single tile either).
+    The same as `upscale_tiled_rows` (see it for ``tile``, ``overlap``, ``batch``, ``device``
+    and ``progress``) collecting the rows into one tensor. ``quiet=False`` without a
+    ``progress`` callback shows a tqdm bar on stderr when there is more than one tile.
 
     Returns ``[1, 3, H*scale, W*scale]`` on ``lr``'s device, clamped to [0, 1].
     """
     if lr.ndim != 4 or lr.shape[0] != 1 or lr.shape[1] != 3:
         raise ValueError(f"expected a [1, 3, H, W] tensor, got shape {tuple(lr.shape)}")
-    if batch < 1:
-        raise OptionError(f"tile batch must be >= 1, got {batch}")
-    if overlap < 0:
-        raise OptionError(f"tile overlap must be >= 0, got {overlap}")
-    run_device = torch.device(device) if device is not None else lr.device
     scale = int(method.scale)
-    multiple = max(int(getattr(method, "pad_multiple", 1) or 1), 1)
-    h, w = lr.shape[-2:]
-    padded = pad_to_multiple(lr.float(), multiple)
-    ph, pw = padded.shape[-2:]
+    out = torch.empty(1, 3, lr.shape[2] * scale, lr.shape[3] * scale, dtype=torch.float32, device=lr.device)
 
-    if tile is not None and tile < MIN_TILE:
-        raise OptionError(f"tile must be at least {MIN_TILE} px, got {tile}")
-    if tile is None or (ph <= tile and pw <= tile):
-        out = _run(method, padded, run_device).to(lr.device)
-        return out[..., : h * scale, : w * scale].clamp(0.0, 1.0)
+    def keep(y0: int, rows: torch.Tensor) -> None:
+        out[..., y0 : y0 + rows.shape[2], :] = rows
 
-    tile = math.ceil(tile / multiple) * multiple
-    th, tw = min(tile, ph), min(tile, pw)
-    overlap = min(overlap, (tile - 1) // 2)  # keeps the stride positive
-    ys, xs = tile_starts(ph, th, overlap), tile_starts(pw, tw, overlap)
-    positions = [(y, x) for y in ys for x in xs]
+    if progress is not None or quiet:
+        upscale_tiled_rows(method, lr, keep, tile, overlap, batch, device=device, progress=progress)
+        return out
+    from tokensr.inference.progress import ProgressBar
 
-    out = torch.zeros(1, 3, ph * scale, pw * scale, dtype=torch.float32, device=lr.device)
-    weight = torch.zeros(1, 1, ph * scale, pw * scale, dtype=torch.float32, device=lr.device)
-    ramp = blend_ramp(overlap * scale, device=lr.device)
-    from tqdm import tqdm
+    with ProgressBar() as bar:
+        upscale_tiled_rows(method, lr, keep, tile, overlap, batch, device=device, progress=bar)
+    return out
 
-    bar = tqdm(
-        total=len(positions),
-        desc="tiles",
-        unit="tile",
-        file=sys.stderr,
-        disable=quiet or len(positions) <= 1,
-        leave=False,
-    )
-    try:
-        for group in _batches(positions, batch):
-            crops = torch.cat([padded[..., y : y + th, x : x + tw] for y, x in group], dim=0)
-            result = _run(method, crops, run_device).to(device=lr.device, dtype=torch.float32)
-            for i, (y, x) in enumerate(group):
-                wy = _axis_window(th * scale, ramp, y > 0, y + th < ph)
-                wx = _axis_window(tw * scale, ramp, x > 0, x + tw < pw)
-                win = wy[:, None] * wx[None, :]
-                ys_hr, xs_hr = slice(y * scale, (y + th) * scale), slice(x * scale, (x + tw) * scale)
-                out[..., ys_hr, xs_hr] += result[i : i + 1] * win
-                weight[..., ys_hr, xs_hr] += win
-            bar.update(len(group))
-    finally:
-        bar.close()
-    out = out / weight.clamp_min(1e-8)
-    return out[..., : h * scale, : w * scale].clamp(0.0, 1.0)
+__all__ = [
+    "MIN_TILE",
+    "Progress",
+    "RowSink",
+    "blend_ramp",
+    "pad_to_multiple",
+    "tile_count",
+    "tile_starts",
+    "upscale_tiled",
+    "upscale_tiled_rows",
+]

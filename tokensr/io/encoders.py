@@ -1,26 +1,33 @@
-"""Small encoders for 16-bit PNG and TIFF files.
+"""Small encoders for PNG (8 and 16 bits) and 16-bit TIFF files.
 
 Pillow cannot hold 16-bit colour pixels and OpenCV cannot write ICC profiles, so 16-bit
 outputs (gray, gray+alpha, RGB, RGBA) are encoded here, straight from the format
 specifications (PNG: ISO/IEC 15948; TIFF 6.0), with the ICC profile embedded.
+
+PNG is written *streaming*: `write_png` filters, compresses and writes a few megabytes of
+rows at a time to an open file, so encoding a 400-megapixel result needs no second copy of
+it (Pillow would first copy an RGB image into 4 bytes per pixel, then hold the whole file).
 """
 from __future__ import annotations
 
+import io
 import struct
 import zlib
+from typing import BinaryIO
 
 import numpy as np
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> gray, gray+alpha, RGB, RGBA
-_ROWS_PER_CHUNK = 256
+_PNG_BLOCK_BYTES = 4 << 20  # raw bytes filtered and compressed per step (bounds the temporaries)
 
 
-def _check(pixels: np.ndarray) -> np.ndarray:
+def _check(pixels: np.ndarray, dtypes: tuple[type, ...] = (np.uint16,)) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = pixels[..., None]
-    if pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"expected uint16 H x W x 1..4 pixels, got {pixels.dtype} {pixels.shape}")
+    if pixels.dtype not in dtypes or pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
+        kinds = " or ".join(np.dtype(d).name for d in dtypes)
+        raise ValueError(f"expected {kinds} H x W x 1..4 pixels, got {pixels.dtype} {pixels.shape}")
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ValueError("image has no pixels")
     return pixels
@@ -44,28 +51,49 @@ def _paeth_filter(raw: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
     return ((cur - pred) & 0xFF).astype(np.uint8)
 
 
+def write_png(f: BinaryIO, pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 6) -> None:
+    """Write uint8 or uint16 ``H x W x C`` (C = 1..4) to ``f`` as a PNG of that bit depth.
+
+    Rows are Paeth-filtered and compressed a block at a time and written as separate IDAT
+    chunks, so memory stays a few megabytes whatever the image size. An iCCP chunk holds
+    ``icc_profile`` if given.
+    """
+    pixels = _check(pixels, (np.uint8, np.uint16))
+    h, w, c = pixels.shape
+    depth = 8 * pixels.dtype.itemsize
+    bpp = c * pixels.dtype.itemsize
+    f.write(_PNG_SIGNATURE)
+    f.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, _PNG_COLOUR_TYPE[c], 0, 0, 0)))
+    if icc_profile:
+        f.write(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile, 9)))
+    comp = zlib.compressobj(level)
+    prev = np.zeros(w * bpp, dtype=np.uint8)
+    rows_per_block = max(1, _PNG_BLOCK_BYTES // (w * bpp))
+    for start in range(0, h, rows_per_block):
+        block = pixels[start : start + rows_per_block]
+        if depth == 16:
+            block = block.astype(">u2")  # PNG samples are big-endian
+        raw = np.ascontiguousarray(block).reshape(block.shape[0], w * c).view(np.uint8)
+        filtered = _paeth_filter(raw, prev, bpp)
+        rows = np.concatenate([np.full((raw.shape[0], 1), 4, dtype=np.uint8), filtered], axis=1)
+        data = comp.compress(rows.tobytes())
+        if data:
+            f.write(_png_chunk(b"IDAT", data))
+        prev = raw[-1].copy()
+    f.write(_png_chunk(b"IDAT", comp.flush()))
+    f.write(_png_chunk(b"IEND", b""))
+
+
+def encode_png(pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 6) -> bytes:
+    """`write_png` into bytes."""
+    buf = io.BytesIO()
+    write_png(buf, pixels, icc_profile, level)
+    return buf.getvalue()
+
+
 def encode_png16(pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 6) -> bytes:
     """Encode uint16 ``H x W x C`` (C = 1..4) as a 16-bit PNG, with an iCCP chunk if given."""
-    pixels = _check(pixels)
-    h, w, c = pixels.shape
-    raw = pixels.astype(">u2").reshape(h, w * c).view(np.uint8)  # big-endian samples
-    bpp = 2 * c
-    parts = [_PNG_SIGNATURE, _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, _PNG_COLOUR_TYPE[c], 0, 0, 0))]
-    if icc_profile:
-        parts.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile, 9)))
-    comp = zlib.compressobj(level)
-    idat = []
-    prev = np.zeros(raw.shape[1], dtype=np.uint8)
-    for start in range(0, h, _ROWS_PER_CHUNK):
-        block = raw[start : start + _ROWS_PER_CHUNK]
-        filtered = _paeth_filter(block, prev, bpp)
-        rows = np.concatenate([np.full((block.shape[0], 1), 4, dtype=np.uint8), filtered], axis=1)
-        idat.append(comp.compress(rows.tobytes()))
-        prev = block[-1]
-    idat.append(comp.flush())
-    parts.append(_png_chunk(b"IDAT", b"".join(idat)))
-    parts.append(_png_chunk(b"IEND", b""))
-    return b"".join(parts)
+    return encode_png(_check(pixels), icc_profile, level)
 
 
 # TIFF field types

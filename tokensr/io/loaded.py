@@ -4,6 +4,10 @@ Whatever the file held (8/16-bit, gray, palette, CMYK, alpha), the pixels become
 in [0, 1] plus an optional float32 alpha plane, and the facts needed to write the result back
 in the same kind (gray or colour, bit depth, ICC profile) travel alongside. SR methods only
 ever see the RGB part.
+
+`PixelImage` is the other end: the finished result as uint8 / uint16 pixels in the layout it
+is written in, ready to encode. A big result is built straight into one of these, strip by
+strip, so it never exists as float32 (four times the bytes).
 """
 from __future__ import annotations
 
@@ -85,6 +89,10 @@ class LoadedImage:
         bits = bits or self.bit_depth
         return float_to_uint(self.planes(), bits)
 
+    def to_pixels(self) -> PixelImage:
+        """The image as a `PixelImage` at its own bit depth (metadata carried over)."""
+        return PixelImage(self.to_uint(), icc_profile=self.icc_profile, source=self.source)
+
     def with_pixels(self, rgb: np.ndarray, alpha: np.ndarray | None) -> LoadedImage:
         """A copy carrying the same metadata with new pixels (e.g. the upscaled ones)."""
         return replace(self, rgb=rgb, alpha=alpha)
@@ -120,6 +128,56 @@ class LoadedImage:
         )
 
 
+@dataclass
+class PixelImage:
+    """An image ready to encode.
+
+    pixels: uint8 or uint16 ``H x W x C`` in the output layout, C = 1, 2, 3, 4 for L, LA, RGB,
+        RGBA (the dtype is the bit depth).
+    icc_profile: embedded in the output where the format allows.
+    source: the file the image came from (never overwritten by a write).
+    """
+
+    pixels: np.ndarray
+    icc_profile: bytes | None = None
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.pixels.ndim != 3 or self.pixels.shape[2] not in (1, 2, 3, 4):
+            raise ValueError(f"pixels must be H x W x 1..4, got shape {self.pixels.shape}")
+        if self.pixels.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"pixels must be uint8 or uint16, got {self.pixels.dtype}")
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.pixels.shape[2])
+
+    @property
+    def bit_depth(self) -> int:
+        return 8 * self.pixels.dtype.itemsize
+
+    @property
+    def grayscale(self) -> bool:
+        return self.channels in (1, 2)
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.channels in (2, 4)
+
+    @property
+    def mode(self) -> str:
+        """L, LA, RGB or RGBA."""
+        return ("L" if self.grayscale else "RGB") + ("A" if self.has_alpha else "")
+
+
 def uint_to_float(pixels: np.ndarray) -> np.ndarray:
     """uint8 / uint16 (any byte order) -> float32 in [0, 1]."""
     if pixels.dtype.kind != "u" or pixels.dtype.itemsize not in (1, 2):
@@ -135,3 +193,6 @@ def float_to_uint(pixels: np.ndarray, bits: int) -> np.ndarray:
     peak = 255.0 if bits == 8 else 65535.0
     out = np.rint(np.clip(pixels, 0.0, 1.0) * peak)
     return out.astype(np.uint8 if bits == 8 else np.uint16)
+
+
+__all__ = ["LUMA_WEIGHTS", "LoadedImage", "PixelImage", "float_to_uint", "uint_to_float"]

@@ -6,7 +6,11 @@ RGB mode and would silently cut them to 8 bits, so those pixels are decoded by O
 Pillow still supplies the metadata (format, EXIF orientation, ICC profile).
 
 Every failure (missing file, not an image, corrupt or truncated data, too many pixels) raises
-`ImageReadError` with one line that names the file.
+`ImageReadError` with one line that names the file. An animated GIF or WebP is read as its
+first frame, with a warning.
+
+`probe_image` reads only the header: size (after EXIF rotation), channels and bit depth of
+the output, for cost estimates before any pixel is decoded.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import io
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +138,68 @@ def from_pil(im: Image.Image, *, name: str = "<PIL image>", max_pixels: int | No
     return _finish(planes, grayscale, bits, icc, orientation, None, im.format)
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What `probe_image` learns without decoding pixels.
+
+    width, height: after EXIF orientation (as `read_image` would return them).
+    channels: of the output layout, 1..4 (L, LA, RGB, RGBA).
+    bit_depth: 8 or 16.
+    """
+
+    width: int
+    height: int
+    channels: int
+    bit_depth: int
+    format: str
+
+
+def probe_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> ImageHeader:
+    """Size and layout of an image file from its header; ImageReadError as `read_image` would."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"{p}: {'is a folder, not an image file' if p.is_dir() else 'no such file'}")
+    limit = max_pixels if max_pixels is not None else default_max_pixels()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(p)
+        except Image.DecompressionBombError as e:
+            raise ImageReadError(f"{p}: refused, too many pixels (possible decompression bomb): {e}") from e
+        except UnidentifiedImageError as e:
+            raise ImageReadError(f"{p}: not an image file (or a format tokensr cannot read)") from e
+        except OSError as e:
+            raise ImageReadError(f"{p}: cannot read file ({_short(e)})") from e
+        except Exception as e:
+            raise ImageReadError(f"{p}: corrupt image file ({_short(e)})") from e
+        with im:
+            fmt = im.format or "?"
+            if fmt not in SUPPORTED_FORMATS:
+                raise ImageReadError(f"{p}: unsupported image format {fmt}")
+            _check_size(im.size, limit, str(p))
+            w, h = im.size
+            raw = _tile_rawmodes(im)
+            # PNG's getexif() decodes all pixels when no eXIf chunk came before them: skip it then
+            # (an eXIf chunk after the pixel data is rare, and only turns the size round).
+            has_exif = im.format != "PNG" or "exif" in im.info
+            if has_exif and _orientation(im) in (5, 6, 7, 8):
+                w, h = h, w
+            alpha = im.mode in ("LA", "La", "RGBA", "RGBa", "PA") or "transparency" in im.info
+            gray = im.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L") or any(
+                r.startswith("LA") for r in raw
+            )
+            deep = im.mode.startswith("I") or any(";16" in r for r in raw)
+    return ImageHeader(w, h, (1 if gray else 3) + int(alpha), 16 if deep else 8, fmt)
+
+
 def _decode_opened(im: Image.Image, data: bytes, name: str, limit: int, source: Path | None) -> LoadedImage:
     fmt = im.format or "?"
     if fmt not in SUPPORTED_FORMATS:
         supported = ", ".join(sorted(SUPPORTED_FORMATS - {"MPO", "DIB"}))
         raise ImageReadError(f"{name}: unsupported image format {fmt} (tokensr reads {supported})")
     _check_size(im.size, limit, name)
+    if getattr(im, "is_animated", False):
+        log.warning("%s: animated %s; only its first frame is used", name, fmt)
     # Look at the raw layout before anything loads the pixels (PNG's getexif() does).
     deep_colour = _is_16bit_colour(im)
     gray_source = im.mode == "LA" or any(r.startswith("LA") for r in _tile_rawmodes(im))

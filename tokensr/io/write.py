@@ -7,6 +7,10 @@
   onto white. WebP has no grayscale mode: gray is stored as RGB.
 - The ICC profile is embedded wherever the format allows (all but BMP).
 
+Every format is encoded from a `PixelImage` (uint8/uint16 in the output layout); a float
+`LoadedImage` is quantised first. PNG, the default, is written straight to the file a block
+of rows at a time (`tokensr.io.encoders.write_png`), so a huge result needs no second copy.
+
 A write goes to a temporary file in the destination folder which is then renamed into place,
 so a crash never leaves a half-written image under the final name. An existing file is only
 replaced with ``overwrite=True``; a file the image was read from (or any path in ``protect``)
@@ -18,17 +22,16 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from tokensr.errors import OptionError, TokensrError
-from tokensr.io.encoders import encode_png16, encode_tiff16
-from tokensr.io.loaded import LoadedImage
+from tokensr.io.encoders import encode_tiff16, write_png
+from tokensr.io.loaded import LoadedImage, PixelImage
 from tokensr.io.permissions import NEW_FILE_MODE
 from tokensr.io.read import icc_colour_space
 
@@ -44,6 +47,9 @@ OUTPUT_FORMATS: dict[str, str] = {
     ".bmp": "BMP",
 }
 DEFAULT_QUALITY = 95
+# Largest side each format can store (libjpeg's JPEG_MAX_DIMENSION; WebP's 14-bit sizes).
+MAX_SIDE: dict[str, int] = {"JPEG": 65_500, "WEBP": 16_383, "PNG": 2**31 - 1, "TIFF": 2**32 - 1, "BMP": 2**31 - 1}
+_STRIP_ROWS = 256  # rows converted at a time when an 8-bit copy or a flattened copy is needed
 _EXISTS = "{path}: already exists (use --overwrite / overwrite=True to replace it)"
 
 
@@ -71,32 +77,53 @@ def same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     return os.path.normcase(pa.resolve()) == os.path.normcase(pb.resolve())
 
 
-def encode_image(image: LoadedImage, fmt: str, quality: int = DEFAULT_QUALITY) -> bytes:
+def check_output_size(path: str | os.PathLike[str], width: int, height: int) -> None:
+    """ImageWriteError if a ``width x height`` image is too large for ``path``'s format."""
+    fmt = output_format(path)
+    side = MAX_SIDE[fmt]
+    if width > side or height > side:
+        raise ImageWriteError(
+            f"{path}: a {width}x{height} image is too large for {fmt} (at most {side:,} px a side); "
+            "write .png or .tif instead"
+        )
+
+
+def encode_image(image: LoadedImage | PixelImage, fmt: str, quality: int = DEFAULT_QUALITY) -> bytes:
     """Encode to the bytes of a ``fmt`` file (PNG, JPEG, WEBP, TIFF, BMP)."""
+    buf = io.BytesIO()
+    write_encoded(buf, image, fmt, quality)
+    return buf.getvalue()
+
+
+def write_encoded(f: BinaryIO, image: LoadedImage | PixelImage, fmt: str, quality: int = DEFAULT_QUALITY) -> None:
+    """Encode ``image`` as ``fmt`` into the open binary file ``f``."""
     fmt = fmt.upper()
     if fmt not in set(OUTPUT_FORMATS.values()):
         raise OptionError(f"cannot write format {fmt}")
-    icc = image.icc_profile
-    if fmt in ("PNG", "TIFF") and image.bit_depth == 16:
-        pixels = image.to_uint(16)
-        if fmt == "TIFF" and pixels.shape[2] == 2:
+    px = image.to_pixels() if isinstance(image, LoadedImage) else image
+    icc = px.icc_profile
+    if fmt == "PNG":
+        write_png(f, px.pixels, icc)
+        return
+    if fmt == "TIFF" and px.bit_depth == 16:
+        pixels = px.pixels
+        if px.channels == 2:
             pixels = pixels[..., [0, 0, 0, 1]]
             icc = _fitting_icc(icc, grayscale=False)
-        encoder = encode_png16 if fmt == "PNG" else encode_tiff16
-        return encoder(np.ascontiguousarray(pixels), icc)
+        f.write(encode_tiff16(np.ascontiguousarray(pixels), icc))
+        return
 
-    if image.bit_depth == 16:
+    if px.bit_depth == 16:
         log.debug("%s holds 8 bits per channel; the 16-bit result is rounded", fmt)
-    if image.alpha is not None and fmt in ("JPEG", "BMP"):
-        image = flatten_alpha(image)
-    if image.grayscale and fmt == "WEBP":
-        image = replace(image, rgb=image.gray()[..., None].repeat(3, axis=2), grayscale=False)
+    pixels = to_8bit(px.pixels)
+    if px.has_alpha and fmt in ("JPEG", "BMP"):
+        pixels = flatten_alpha_uint8(pixels)
+    if px.grayscale and fmt == "WEBP":
+        pixels = np.concatenate([np.repeat(pixels[..., :1], 3, axis=2), pixels[..., 1:]], axis=2)
         icc = _fitting_icc(icc, grayscale=False)
-    pil = to_pil(image, bits=8)
+    pil = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
     params: dict[str, Any] = {}
-    if fmt == "PNG":
-        params["compress_level"] = 6
-    elif fmt == "JPEG":
+    if fmt == "JPEG":
         params.update(quality=quality, subsampling=0)  # 4:4:4: keep the restored colour detail
     elif fmt == "WEBP":
         params.update(quality=quality, method=4)
@@ -104,9 +131,29 @@ def encode_image(image: LoadedImage, fmt: str, quality: int = DEFAULT_QUALITY) -
         params["compression"] = "tiff_adobe_deflate"
     if icc and fmt != "BMP":
         params["icc_profile"] = icc
-    buf = io.BytesIO()
-    pil.save(buf, format=fmt, **params)
-    return buf.getvalue()
+    pil.save(f, format=fmt, **params)
+
+
+def to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8 rounded to nearest (``round(v / 257)``), in strips; uint8 as it is."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    out = np.empty(pixels.shape, dtype=np.uint8)
+    for y in range(0, pixels.shape[0], _STRIP_ROWS):
+        strip = pixels[y : y + _STRIP_ROWS].astype(np.uint32)
+        out[y : y + _STRIP_ROWS] = (strip + 128) // 257
+    return out
+
+
+def flatten_alpha_uint8(pixels: np.ndarray, background: int = 255) -> np.ndarray:
+    """Composite uint8 L+A / RGB+A onto a flat background (white) and drop the alpha channel."""
+    colour = pixels.shape[2] - 1
+    out = np.empty((*pixels.shape[:2], colour), dtype=np.uint8)
+    for y in range(0, pixels.shape[0], _STRIP_ROWS):
+        strip = pixels[y : y + _STRIP_ROWS].astype(np.uint32)
+        a = strip[..., colour:]
+        out[y : y + _STRIP_ROWS] = (strip[..., :colour] * a + background * (255 - a) + 127) // 255
+    return out
 
 
 def to_pil(image: LoadedImage, bits: int | None = None) -> Image.Image:
@@ -136,7 +183,7 @@ def flatten_alpha(image: LoadedImage, background: float = 1.0) -> LoadedImage:
 
 
 def write_image(
-    image: LoadedImage,
+    image: LoadedImage | PixelImage,
     path: str | os.PathLike[str],
     *,
     overwrite: bool = False,
@@ -146,15 +193,16 @@ def write_image(
     """Write ``image`` to ``path`` (format from the extension) atomically; return the path.
 
     Raises ImageWriteError if ``path`` exists and ``overwrite`` is False, or if ``path`` is the
-    image's own source file or one of ``protect`` (whatever ``overwrite`` says).
+    image's own source file or one of ``protect`` (whatever ``overwrite`` says), or if the
+    image is too large for the format.
     """
     out = Path(path)
     fmt = output_format(out)
     check_output_path(out, overwrite=overwrite, protect=[p for p in [image.source, *protect] if p is not None])
-    if image.alpha is not None and fmt in ("JPEG", "BMP"):
+    check_output_size(out, image.width, image.height)
+    if image.has_alpha and fmt in ("JPEG", "BMP"):
         log.warning("%s: %s has no alpha channel; transparent areas are flattened onto white", out, fmt)
-    data = encode_image(image, fmt, quality=quality)
-    atomic_write(out, data, overwrite=overwrite)
+    atomic_write(out, lambda f: write_encoded(f, image, fmt, quality), overwrite=overwrite)
     return out
 
 
@@ -176,8 +224,9 @@ def check_output_path(
         raise ImageWriteError(_EXISTS.format(path=out))
 
 
-def atomic_write(path: Path, data: bytes, *, overwrite: bool) -> None:
-    """Write ``data`` to a temp file next to ``path``, then move it into place.
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], *, overwrite: bool) -> None:
+    """Write ``data`` (bytes, or a function writing into a binary file) to a temp file next to
+    ``path``, then move it into place.
 
     Without ``overwrite`` the final step is a hard link, which fails if ``path`` appeared in
     the meantime, so even a racing writer is never clobbered.
@@ -190,7 +239,10 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool) -> None:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                data(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, NEW_FILE_MODE)
@@ -209,6 +261,8 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool) -> None:
         raise
     except OSError as e:
         raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from e
+    except ValueError as e:  # an encoder refusing the image (Pillow raises ValueError for some limits)
+        raise ImageWriteError(f"{path}: cannot encode ({e})") from e
     finally:
         if tmp.exists():
             tmp.unlink()
