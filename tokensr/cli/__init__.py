@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "metrics": ("tokensr.cli.metrics", "image-quality metrics for one pair or two folders"),
     "bench": ("tokensr.cli.bench", "run methods side by side on datasets"),
     "train": ("tokensr.cli.train", "train a model from a YAML config"),
+    "web": ("tokensr.cli.web", "a local web page: drop photos in, download them upscaled"),
 }
 
 
