@@ -62,13 +62,42 @@ def test_options_change_the_result(folder: Path) -> None:
     assert torch.equal(t1, t2)
 
 
-def test_batches_of_images_and_patch_batching(folder: Path) -> None:
+@pytest.mark.parametrize("aggregate", ["tokens", "pixels"])
+def test_batches_of_images_and_patch_batching(folder: Path, aggregate: str) -> None:
     lr = torch.rand(2, 3, 16, 12, generator=torch.Generator().manual_seed(2))
-    one = build(weights=str(folder), batch="1")(lr)
-    many = build(weights=str(folder), batch="64")(lr)
+    one = build(weights=str(folder), batch="1", aggregate=aggregate)(lr)
+    many = build(weights=str(folder), batch="64", aggregate=aggregate)(lr)
     assert torch.allclose(one, many, atol=1e-5)
-    single = build(weights=str(folder))(lr[1:])
+    single = build(weights=str(folder), aggregate=aggregate)(lr[1:])
     assert torch.allclose(many[1:], single, atol=1e-5)
+
+
+def test_token_and_pixel_aggregation_agree_on_a_single_patch(folder: Path) -> None:
+    """An LR image of exactly one patch is one window: tokenising the whole image, generating,
+    fusing the CCM and decoding once is then the paper's single-patch path."""
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    tokens = build(weights=str(folder), aggregate="tokens")(lr)
+    pixels = build(weights=str(folder), aggregate="pixels")(lr)
+    assert torch.allclose(tokens, pixels, atol=1e-5)
+
+
+def test_token_aggregation_on_larger_images(folder: Path) -> None:
+    lr = torch.rand(1, 3, 21, 30, generator=torch.Generator().manual_seed(6))
+    method = build(weights=str(folder))
+    assert method.aggregate == "tokens" and method.stride == 8  # TOKEN_STRIDE 1.0 of the 8-px patch
+    out = method(lr)
+    assert out.shape == (1, 3, 84, 120) and 0 <= out.min() and out.max() <= 1
+    # every window's tokens are used: a stride that changes which window owns a token
+    # changes the image, while the pixel path is another result again
+    assert not torch.equal(out, build(weights=str(folder), stride="4")(lr))
+    assert not torch.equal(out, build(weights=str(folder), aggregate="pixels")(lr))
+    # the step images end in the final image; confidence maps cover the output
+    res = method.upscale_with_steps(lr)
+    assert len(res.images) == 4 and torch.allclose(res.final, out, atol=1e-5)
+    assert res.confidences[0].shape == (1, 1, 84, 120)
+    assert res.confidences[0].min() < 1  # first-step confidences come from the critic
+    with pytest.raises(OptionError, match="aggregate"):
+        build(weights=str(folder), aggregate="average")
 
 
 def test_steps_api_and_figure(folder: Path, tmp_path: Path) -> None:

@@ -55,7 +55,11 @@ class CCM(nn.Module):
 
     def forward(self, h: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
         """``h``: decoder input ``[B, code_dim, H/f, W/f]``; ``lr_up``: upsampled LR in [-1, 1]."""
-        cond = self.encoder(lr_up)
+        return self.fuse(h, self.encoder(lr_up))
+
+    def fuse(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The CCM given the encoder's LR features ``cond = self.encoder(lr_up)`` (so a caller
+        can encode a whole image once and fuse window by window)."""
         if cond.shape[-2:] != h.shape[-2:]:
             raise ValueError(f"CCM: LR features {tuple(cond.shape[-2:])} do not match tokens {tuple(h.shape[-2:])}")
         r = self.res2(self.attn(self.res1(torch.cat([h, cond], dim=1))))

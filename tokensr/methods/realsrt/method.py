@@ -1,10 +1,19 @@
 """RealSRT as an SR method: ``build(scale, weights, device, **options)``.
 
-An LR image of any size is cut into overlapping LR patches of the model's patch size (the
-model's saved stride, else half overlap), each patch is upsampled, tokenised, generated in
-``steps`` iterations, decoded (through the CCM when present) and colour-corrected towards its
-LR patch (wavelet or AdaIN), and the patches are blended with Gaussian weights
-(``tokensr.inference.patches``).
+Two ways to run the patch-sized transformers over an LR image of any size (``aggregate``):
+
+- ``tokens``: the whole image is upsampled and tokenised once; the generator and critic run on
+  overlapping windows of the token grid (the model's patch size in tokens, every ``stride``);
+  each token is kept from the window where it is most central
+  (:mod:`tokensr.inference.token_windows`); the CCM runs window by window on the same grid
+  (its encoder once over the whole image); the whole token map is decoded once (in large
+  tiles for big images) and colour-corrected towards the whole LR image. No two windows'
+  textures are averaged, and the decoder's receptive field spans window borders, so there
+  are no seams.
+- ``pixels`` (the paper's sec. 3.4): the image is cut into overlapping LR patches, each patch
+  is upsampled, tokenised, generated, decoded (through the CCM when present) and
+  colour-corrected towards its LR patch, and the patches are blended with Gaussian weights
+  (``tokensr.inference.patches``).
 
 Options (strings are accepted, as the benchmark passes them):
 
@@ -12,8 +21,10 @@ Options (strings are accepted, as the benchmark passes them):
 - ``confidence`` ('critic' when the model has a critic, else 'generator'): which confidence
   chooses the tokens to re-mask; 'generator' is MaskGIT's rule (the paper's ablation).
 - ``ccm`` (true when the model has one): decode through the conditional controlling module.
-- ``patch`` (the model's ``lr_patch``), ``stride`` (the model's saved stride, else patch/2:
-  the paper's half overlap), ``batch`` (patches per forward pass; 8), ``color_fix``
+- ``aggregate`` (:data:`DEFAULT_AGGREGATE`): ``tokens`` or ``pixels``, as above.
+- ``patch`` (the model's ``lr_patch``, in LR pixels), ``stride`` (in LR pixels; the model's
+  saved stride, else patch/2: the paper's half overlap; with ``aggregate=tokens`` the default
+  is :data:`TOKEN_STRIDE` of the patch), ``batch`` (patches or windows per forward pass; 8), ``color_fix``
   (:data:`DEFAULT_COLOR_FIX` 'wavelet' | 'adain' as in the paper | 'none'), ``color_levels``
   (wavelet depth, 5; fewer = more of the LR, more = more generated texture), ``rounding``
   ('ceil' as in the paper | 'floor' as in the reference code), ``temperature`` (0 = argmax,
@@ -36,7 +47,8 @@ import torch
 
 from tokensr.errors import OptionError
 from tokensr.inference.colorfix import COLOR_FIXES, DEFAULT_WAVELET_LEVELS, color_fix
-from tokensr.inference.patches import aggregate_patches
+from tokensr.inference.patches import aggregate_patches, reflect_pad
+from tokensr.inference.token_windows import WindowGrid
 from tokensr.methods.realsrt.figure import save_step_figure
 from tokensr.methods.realsrt.model import Condition, RealSRT
 from tokensr.methods.realsrt.sampling import CONFIDENCES, ROUNDINGS, GenerationResult
@@ -56,6 +68,14 @@ DEFAULT_COLOR_FIX = "wavelet"
 COLOR_LEVELS: dict[int, int] = {}
 # where step figures go when save_steps is just "on" (the CLI flag without a path)
 DEFAULT_STEPS_DIR = "realsrt-steps"
+AGGREGATES = ("tokens", "pixels")
+DEFAULT_AGGREGATE = "tokens"
+# default window stride of aggregate=tokens, as a share of the patch (docs/realsrt.md)
+TOKEN_STRIDE = 1.0
+# aggregate=tokens decodes the token map in tiles of this many tokens a side plus a margin
+# (GroupNorm statistics are per tile, so tiles are large; see docs/realsrt.md)
+DECODE_TILE = 96
+DECODE_MARGIN = 8
 
 
 @dataclass
@@ -89,6 +109,7 @@ class RealSRTMethod:
         seed: int = 0,
         save_steps: str | None = None,
         var: float = 0.05,
+        aggregate: str = "pixels",
     ) -> None:
         self.model = model.eval()
         self.scale = model.scale
@@ -105,6 +126,7 @@ class RealSRTMethod:
         self.seed = seed
         self.save_steps = save_steps
         self.var = var
+        self.aggregate = aggregate
         self.figure_name: str | None = None  # set by a caller to name the next step figure
         self._figures = 0
 
@@ -155,6 +177,8 @@ class RealSRTMethod:
     def upscale_with_steps(self, lr: torch.Tensor) -> StepOutputs:
         """The image after each of the ``steps`` iterations and each step's confidence map."""
         lr = self._check(lr)
+        if self.aggregate == "tokens":
+            return self._upscale_tokens(lr, with_steps=True)
         out = aggregate_patches(lr, self._patch_steps, self.scale, self.patch, self.stride, self.batch, self.var)
         t = self.steps
         images = [out[:, 3 * i : 3 * i + 3].clamp(0, 1) for i in range(t)]
@@ -169,8 +193,107 @@ class RealSRTMethod:
                 self._write_figure(lr[k], [im[k] for im in result.images], [c[k] for c in result.confidences], k)
             return result.final
         lr = self._check(lr)
+        if self.aggregate == "tokens":
+            return self._upscale_tokens(lr, with_steps=False).final
         out = aggregate_patches(lr, self._patch_final, self.scale, self.patch, self.stride, self.batch, self.var)
         return out.clamp(0, 1)
+
+    # --- aggregate=tokens ------------------------------------------------------------------------
+    def _pad_lr(self, lr: torch.Tensor) -> torch.Tensor:
+        """Reflect-pad the bottom/right so each side is at least the patch and its upsampled
+        size a multiple of the tokenizer factor."""
+        f = self.model.tokenizer.factor
+
+        def need(n: int) -> int:
+            n = max(n, self.patch)
+            while (n * self.scale) % f:
+                n += 1
+            return n
+
+        h, w = lr.shape[-2:]
+        return reflect_pad(lr, 0, need(w) - w, 0, need(h) - h)
+
+    def _window_tokens(self) -> tuple[int, int]:
+        """The window and its stride in tokens."""
+        f = self.model.tokenizer.factor
+        return self.patch * self.scale // f, max(1, round(self.stride * self.scale / f))
+
+    @torch.no_grad()
+    def _upscale_tokens(self, lr: torch.Tensor, with_steps: bool) -> StepOutputs:
+        """Tokenise once, generate per window, keep each token from its most central window,
+        decode once (see the module docstring)."""
+        h, w = lr.shape[-2:]
+        padded = self._pad_lr(lr)
+        cond = self.model.condition(padded)
+        rows, cols = cond.hw
+        window, stride = self._window_tokens()
+        grid = WindowGrid(rows, cols, window, stride)
+        b = lr.shape[0]
+        lr_grid = cond.lr.reshape(b, rows, cols, *cond.lr.shape[2:])
+        t_out = self.steps if with_steps else 1
+        tokens = [torch.zeros(b, rows, cols, dtype=torch.long, device=lr.device) for _ in range(t_out)]
+        confs = [torch.ones(b, rows, cols, device=lr.device) for _ in range(t_out)]
+        jobs = [(k, top, left) for k in range(b) for top, left in grid.boxes if grid.owned(top, left)[0].stop > 0]
+        rng = self._rng()
+        for n in range(0, len(jobs), self.batch):
+            chunk = jobs[n : n + self.batch]
+            win = torch.stack([lr_grid[k, top : top + window, left : left + window] for k, top, left in chunk])
+            wcond = Condition(cond.lr_up[:0], win.flatten(1, 2), (window, window))
+            result = self.model.generate(
+                wcond, self.steps, self.confidence, self.rounding, self.temperature, rng, score_last=with_steps
+            )
+            picks = [s for s in result.steps] if with_steps else [result.steps[-1]]
+            for i, (k, top, left) in enumerate(chunk):
+                gr, gc, wr, wc = grid.owned(top, left)
+                for t, step in enumerate(picks):
+                    src = result.tokens if not with_steps else step.tokens
+                    tokens[t][k, gr, gc] = src[i].view(window, window)[wr, wc]
+                    confs[t][k, gr, gc] = step.confidence[i].view(window, window)[wr, wc].float()
+        images = []
+        for ids in tokens:
+            img = self._decode_map(ids, cond.lr_up, grid)
+            img = color_fix(img, padded, self.color, self.color_levels).clamp(0, 1)
+            images.append(img[..., : h * self.scale, : w * self.scale])
+        size = cond.lr_up.shape[-2:]
+        maps = [
+            torch.nn.functional.interpolate(c[:, None], size=size, mode="nearest")[..., : h * self.scale, : w * self.scale]
+            for c in confs
+        ]
+        return StepOutputs(images, maps)
+
+    def _decode_map(self, ids: torch.Tensor, lr_up: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+        """Decode a whole token map ``[B, rows, cols]`` (through the CCM, window by window, when
+        it is on) to an image in [0, 1]; the decoder runs in large tiles with a margin."""
+        tok = self.model.tokenizer
+        h = tok.post_quant_conv(tok.quantizer.lookup(ids))
+        if self.use_ccm:
+            assert self.model.ccm is not None
+            ccm = self.model.ccm
+            feats = ccm.encoder(lr_up * 2 - 1)
+            fused = h.clone()
+            window = grid.window
+            boxes = [(top, left) for top, left in grid.boxes if grid.owned(top, left)[0].stop > 0]
+            for k in range(ids.shape[0]):
+                for n in range(0, len(boxes), self.batch):
+                    chunk = boxes[n : n + self.batch]
+                    hw = torch.stack([h[k, :, t : t + window, l : l + window] for t, l in chunk])
+                    cw = torch.stack([feats[k, :, t : t + window, l : l + window] for t, l in chunk])
+                    out = ccm.fuse(hw, cw)
+                    for (top, left), o in zip(chunk, out):
+                        gr, gc, wr, wc = grid.owned(top, left)
+                        fused[k, :, gr, gc] = o[:, wr, wc]
+            h = fused
+        f = tok.factor
+        rows, cols = ids.shape[-2:]
+        out = torch.empty(ids.shape[0], 3, rows * f, cols * f, device=ids.device)
+        for r in range(0, rows, DECODE_TILE):
+            for c in range(0, cols, DECODE_TILE):
+                r0, c0 = max(0, r - DECODE_MARGIN), max(0, c - DECODE_MARGIN)
+                r1, c1 = min(rows, r + DECODE_TILE + DECODE_MARGIN), min(cols, c + DECODE_TILE + DECODE_MARGIN)
+                dec = tok.decoder(h[..., r0:r1, c0:c1])
+                rr, cc = min(rows, r + DECODE_TILE), min(cols, c + DECODE_TILE)
+                out[..., r * f : rr * f, c * f : cc * f] = dec[..., (r - r0) * f : (rr - r0) * f, (c - c0) * f : (cc - c0) * f]
+        return ((out + 1) / 2).clamp(0, 1)
 
     def _figure_path(self, index: int = 0) -> Path:
         """Where the next figure goes (``index``: position in the batch, for named figures)."""
@@ -204,8 +327,8 @@ def load_model(weights: str | None, scale: int, device: str | torch.device = "cp
 
 def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> RealSRTMethod:
     """Build RealSRT for ``scale`` from ``weights`` (a saved folder; None = the bundled default)."""
-    known = {"steps", "confidence", "ccm", "patch", "stride", "batch", "color_fix", "color_levels", "rounding",
-             "temperature", "seed", "save_steps"}
+    known = {"steps", "confidence", "ccm", "aggregate", "patch", "stride", "batch", "color_fix", "color_levels",
+             "rounding", "temperature", "seed", "save_steps"}
     unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
     if unknown:
         raise OptionError(
@@ -225,7 +348,15 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
     f = model.tokenizer.factor
     if (patch * model.scale) % f:
         raise OptionError(f"patch {patch} times the scale {model.scale} must be a multiple of the tokenizer factor {f}")
-    stride = as_int("stride", opts.get("stride", default_stride(model, patch)))
+    aggregate = as_choice("aggregate", opts.get("aggregate", DEFAULT_AGGREGATE), AGGREGATES)
+    if aggregate == "tokens":
+        default = max(1, round(TOKEN_STRIDE * patch))
+    else:
+        default = default_stride(model, patch)
+    stride = as_int("stride", opts.get("stride", default))
+    if aggregate == "tokens" and (stride * model.scale) % f:
+        raise OptionError(f"stride {stride} times the scale {model.scale} must be a multiple of the tokenizer factor {f} "
+                          "with aggregate=tokens")
     if stride > patch:
         raise OptionError(f"stride {stride} must not exceed the patch size {patch}")
     save_steps = save_steps_target(opts.get("save_steps"), DEFAULT_STEPS_DIR)
@@ -243,4 +374,5 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         temperature=as_float("temperature", opts.get("temperature", 0.0)),
         seed=as_int("seed", opts.get("seed", 0), minimum=0),
         save_steps=save_steps,
+        aggregate=aggregate,
     )
