@@ -52,3 +52,10 @@ def test_a_window_far_from_every_token_owns_nothing() -> None:
     dense = WindowGrid(10, 8, 8, 1)
     sizes = [dense.owned(t, 0)[0].stop - dense.owned(t, 0)[0].start for t, _ in dense.boxes]
     assert sum(sizes) == 10 and min(sizes) >= 0
+
+
+def test_parts_are_the_windows_that_own_tokens() -> None:
+    grid = WindowGrid(10, 8, 8, 1)
+    kept = [(top, left) for top, left in grid.boxes if grid.owned(top, left)[0].stop > 0]
+    assert [(top, left) for top, left, _ in grid.parts] == kept
+    assert all(part == grid.owned(top, left) for top, left, part in grid.parts)

@@ -50,7 +50,8 @@ class WindowGrid:
     """The windows over a ``rows x cols`` token grid and which tokens each one owns.
 
     ``boxes`` lists every window as ``(top, left)``; :meth:`owned` gives the part of a window
-    that is kept, in grid and in window coordinates.
+    that is kept, in grid and in window coordinates; ``parts`` lists ``(top, left, owned)`` for
+    the windows that own at least one token (the ones worth running), computed once.
     """
 
     def __init__(self, rows: int, cols: int, window: int, stride: int) -> None:
@@ -60,6 +61,7 @@ class WindowGrid:
         self.row_owner = owners(rows, window, self.row_starts)
         self.col_owner = owners(cols, window, self.col_starts)
         self.boxes = [(r, c) for r in self.row_starts for c in self.col_starts]
+        self.parts = [(r, c, part) for r, c in self.boxes if (part := self.owned(r, c))[0].stop > 0]
 
     def owned(self, top: int, left: int) -> tuple[slice, slice, slice, slice]:
         """``(grid_rows, grid_cols, window_rows, window_cols)`` slices of the tokens that the

@@ -109,7 +109,7 @@ class RealSRTMethod:
         seed: int = 0,
         save_steps: str | None = None,
         var: float = 0.05,
-        aggregate: str = "pixels",
+        aggregate: str = DEFAULT_AGGREGATE,
     ) -> None:
         self.model = model.eval()
         self.scale = model.scale
@@ -233,21 +233,20 @@ class RealSRTMethod:
         t_out = self.steps if with_steps else 1
         tokens = [torch.zeros(b, rows, cols, dtype=torch.long, device=lr.device) for _ in range(t_out)]
         confs = [torch.ones(b, rows, cols, device=lr.device) for _ in range(t_out)]
-        jobs = [(k, top, left) for k in range(b) for top, left in grid.boxes if grid.owned(top, left)[0].stop > 0]
+        jobs = [(k, top, left, part) for k in range(b) for top, left, part in grid.parts]
         rng = self._rng()
         for n in range(0, len(jobs), self.batch):
             chunk = jobs[n : n + self.batch]
-            win = torch.stack([lr_grid[k, top : top + window, left : left + window] for k, top, left in chunk])
+            win = torch.stack([lr_grid[k, top : top + window, left : left + window] for k, top, left, _ in chunk])
             wcond = Condition(cond.lr_up[:0], win.flatten(1, 2), (window, window))
             result = self.model.generate(
                 wcond, self.steps, self.confidence, self.rounding, self.temperature, rng, score_last=with_steps
             )
-            picks = [s for s in result.steps] if with_steps else [result.steps[-1]]
-            for i, (k, top, left) in enumerate(chunk):
-                gr, gc, wr, wc = grid.owned(top, left)
+            # the last step re-masks nothing, so its canvas is the final token map
+            picks = result.steps if with_steps else result.steps[-1:]
+            for i, (k, _, _, (gr, gc, wr, wc)) in enumerate(chunk):
                 for t, step in enumerate(picks):
-                    src = result.tokens if not with_steps else step.tokens
-                    tokens[t][k, gr, gc] = src[i].view(window, window)[wr, wc]
+                    tokens[t][k, gr, gc] = step.tokens[i].view(window, window)[wr, wc]
                     confs[t][k, gr, gc] = step.confidence[i].view(window, window)[wr, wc].float()
         images = []
         for ids in tokens:
@@ -272,15 +271,13 @@ class RealSRTMethod:
             feats = ccm.encoder(lr_up * 2 - 1)
             fused = h.clone()
             window = grid.window
-            boxes = [(top, left) for top, left in grid.boxes if grid.owned(top, left)[0].stop > 0]
             for k in range(ids.shape[0]):
-                for n in range(0, len(boxes), self.batch):
-                    chunk = boxes[n : n + self.batch]
-                    hw = torch.stack([h[k, :, t : t + window, l : l + window] for t, l in chunk])
-                    cw = torch.stack([feats[k, :, t : t + window, l : l + window] for t, l in chunk])
+                for n in range(0, len(grid.parts), self.batch):
+                    chunk = grid.parts[n : n + self.batch]
+                    hw = torch.stack([h[k, :, t : t + window, l : l + window] for t, l, _ in chunk])
+                    cw = torch.stack([feats[k, :, t : t + window, l : l + window] for t, l, _ in chunk])
                     out = ccm.fuse(hw, cw)
-                    for (top, left), o in zip(chunk, out):
-                        gr, gc, wr, wc = grid.owned(top, left)
+                    for (_, _, (gr, gc, wr, wc)), o in zip(chunk, out):
                         fused[k, :, gr, gc] = o[:, wr, wc]
             h = fused
         f = tok.factor
