@@ -1,4 +1,5 @@
 """Load a script of benchmarks/ as a module, for the tests of those scripts."""
+
 from __future__ import annotations
 
 import importlib.util

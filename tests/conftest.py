@@ -1,4 +1,5 @@
 """Shared test fixtures: tiny generated images (no files from outside the repo)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

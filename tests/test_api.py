@@ -1,4 +1,5 @@
 """tokensr.load / tokensr.upscale: the same kind of image out as in."""
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,15 @@ def test_pil_16bit_gray_and_palette() -> None:
 
 @pytest.mark.parametrize(
     ("shape", "dtype"),
-    [((6, 7), np.uint8), ((6, 7, 3), np.uint8), ((6, 7, 4), np.uint16), ((6, 7), np.uint16),
-     ((6, 7, 3), np.float32), ((6, 7, 4), np.float64), ((6, 7, 1), np.float32)],
+    [
+        ((6, 7), np.uint8),
+        ((6, 7, 3), np.uint8),
+        ((6, 7, 4), np.uint16),
+        ((6, 7), np.uint16),
+        ((6, 7, 3), np.float32),
+        ((6, 7, 4), np.float64),
+        ((6, 7, 1), np.float32),
+    ],
 )
 def test_numpy_in_numpy_out(shape: tuple[int, ...], dtype: type) -> None:
     rng = np.random.default_rng(1)

@@ -13,6 +13,7 @@ Pixels are compared to 1e-5, not bit for bit, so the test passes on CPUs whose f
 differ in the last bits; ``TOKENSR_PINS_EXACT=1`` also checks the sha256 of the whole output
 tensor (bit-identical on the machine that wrote the pins).
 """
+
 from __future__ import annotations
 
 import hashlib

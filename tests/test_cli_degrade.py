@@ -1,4 +1,5 @@
 """``tokensr degrade``: fixed synthetic benchmark folders."""
+
 from __future__ import annotations
 
 import json

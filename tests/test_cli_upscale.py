@@ -1,4 +1,5 @@
 """`tokensr upscale` end to end, including the acceptance scenario, and `tokensr models`."""
+
 from __future__ import annotations
 
 import hashlib
@@ -85,7 +86,10 @@ def test_acceptance_via_subprocess(mixed_folder: Path, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "tokensr", "upscale", str(mixed_folder), "-o", str(out)],
-        capture_output=True, text=True, env=env, timeout=900,  # a hang guard: busy machines load torch slowly
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,  # a hang guard: busy machines load torch slowly
     )
     assert proc.returncode == 1, proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
@@ -151,8 +155,21 @@ def test_pass_through_options_only_when_given(make_image, tmp_path: Path) -> Non
     args = parser.parse_args(["upscale", "x.png", "-o", "o", "--steps", "8", "--alpha", "0.5", "--save-steps"])
     assert method_options(args) == {"steps": 8, "alpha": 0.5, "save_steps": str(Path("o") / "steps")}
     src = make_image("p.png")
-    argv = ["upscale", str(src), "-o", str(tmp_path / "o"), "--method", "bicubic", "--steps", "3", "--alpha", "0.7",
-            "--seed", "1", "-q"]  # bicubic takes and ignores the iterative methods' options
+    argv = [
+        "upscale",
+        str(src),
+        "-o",
+        str(tmp_path / "o"),
+        "--method",
+        "bicubic",
+        "--steps",
+        "3",
+        "--alpha",
+        "0.7",
+        "--seed",
+        "1",
+        "-q",
+    ]  # bicubic takes and ignores the iterative methods' options
     assert main(argv) == 0
 
 
@@ -188,12 +205,29 @@ def test_method_options_forward_only_what_was_given(tmp_path: Path) -> None:
     parser, _ = build_parser()
     args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "out")])
     assert method_options(args) == {}
-    args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "out"), "--steps", "6",
-                              "--confidence", "generator", "--no-ccm", "--save-steps"])
-    assert method_options(args) == {"steps": 6, "confidence": "generator", "ccm": False,
-                                    "save_steps": str(tmp_path / "out" / "steps")}
-    args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "out"), "--color-fix", "adain",
-                              "--color-levels", "3"])
+    args = parser.parse_args(
+        [
+            "upscale",
+            "in.png",
+            "-o",
+            str(tmp_path / "out"),
+            "--steps",
+            "6",
+            "--confidence",
+            "generator",
+            "--no-ccm",
+            "--save-steps",
+        ]
+    )
+    assert method_options(args) == {
+        "steps": 6,
+        "confidence": "generator",
+        "ccm": False,
+        "save_steps": str(tmp_path / "out" / "steps"),
+    }
+    args = parser.parse_args(
+        ["upscale", "in.png", "-o", str(tmp_path / "out"), "--color-fix", "adain", "--color-levels", "3"]
+    )
     assert method_options(args) == {"color_fix": "adain", "color_levels": 3}
     args = parser.parse_args(["upscale", "in.png", "-o", str(tmp_path / "x.png"), "--save-steps", "figs"])
     assert method_options(args)["save_steps"] == "figs"
@@ -327,8 +361,10 @@ def test_suffix_and_ext_name_the_outputs(make_image, tmp_path: Path) -> None:
     make_image("a.png", "RGB", folder=src)
     make_image("b.png", "RGBA", folder=src)
     out = tmp_path / "out"
-    assert main(["upscale", str(src), "-o", str(out), "--method", "bicubic", "--suffix", "_x4", "--ext", "WEBP",
-                 "-q"]) == 0
+    assert (
+        main(["upscale", str(src), "-o", str(out), "--method", "bicubic", "--suffix", "_x4", "--ext", "WEBP", "-q"])
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["a_x4.webp", "b_x4.webp"]
     with Image.open(out / "b_x4.webp") as im:
         assert im.format == "WEBP" and im.size == (80, 56) and im.mode == "RGBA"

@@ -1,4 +1,5 @@
 """Colour correction: AdaIN and the wavelet fix (tokensr.inference.colorfix)."""
+
 from __future__ import annotations
 
 import pytest

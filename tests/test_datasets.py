@@ -1,4 +1,5 @@
 """HRCropDataset / PairedFolderDataset on tiny generated images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -63,7 +64,7 @@ def test_workers_do_not_change_the_samples(photo_dir: Path) -> None:
     ds = HRCropDataset(photo_dir, crop_size=32, scale=4, degradation="bsrgan", seed=3, length=4)
     serial = [b["lr"] for b in DataLoader(ds, batch_size=2, num_workers=0)]
     parallel = [b["lr"] for b in DataLoader(ds, batch_size=2, num_workers=2)]
-    assert all(torch.equal(x, y) for x, y in zip(serial, parallel))
+    assert all(torch.equal(x, y) for x, y in zip(serial, parallel, strict=False))
 
 
 def test_augmentation_transforms_hr_and_lr_together(photo_dir: Path) -> None:
@@ -219,8 +220,9 @@ def test_workers_start_after_opencv_ran_in_the_parent(tmp_path: Path) -> None:
     import sys
 
     Image.fromarray(noisy_image(300, 300, 0)).save(tmp_path / "big.png")
-    out = subprocess.run([sys.executable, "-c", WORKERS_AFTER_OPENCV, str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", WORKERS_AFTER_OPENCV, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "4"
 
@@ -230,9 +232,11 @@ def test_importing_tokensr_leaves_pillows_pixel_limit_alone() -> None:
     import subprocess
     import sys
 
-    code = ("from PIL import Image; before = Image.MAX_IMAGE_PIXELS; "
-            "import tokensr, tokensr.data.images, tokensr.data.datasets, tokensr.io.read, tokensr.bench.runner; "
-            "assert Image.MAX_IMAGE_PIXELS == before, Image.MAX_IMAGE_PIXELS")
+    code = (
+        "from PIL import Image; before = Image.MAX_IMAGE_PIXELS; "
+        "import tokensr, tokensr.data.images, tokensr.data.datasets, tokensr.io.read, tokensr.bench.runner; "
+        "assert Image.MAX_IMAGE_PIXELS == before, Image.MAX_IMAGE_PIXELS"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -253,3 +257,18 @@ def test_pillow_fallback_keeps_pillows_limit(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 400 px > 2 x 100: Pillow refuses
     with pytest.raises(ImageReadError, match="cannot read image"):
         read_rgb(path)
+
+
+def test_exclude_leaves_out_a_list_or_the_names_in_a_split_file(photo_dir: Path, tmp_path: Path) -> None:
+    names = lambda ds: sorted(Path(f).name for f in ds.files)  # noqa: E731
+    assert names(HRCropDataset(photo_dir, crop_size=32)) == ["img0.png", "img1.png", "img2.png"]
+    assert names(HRCropDataset(photo_dir, crop_size=32, exclude=["img1.png"])) == ["img0.png", "img2.png"]
+    split = tmp_path / "split.txt"
+    split.write_text("# validation photos\nimg0.png\n\nimg2.png  # a comment\n", encoding="utf-8")
+    ds = HRCropDataset(photo_dir, crop_size=32, exclude=split, texture_threshold=0)
+    assert names(ds) == ["img1.png"]
+    assert ds[0]["hr"].shape == (3, 32, 32)
+    with pytest.raises(ImageReadError, match="after exclude"):
+        HRCropDataset(photo_dir, crop_size=32, exclude=["img0.png", "img1.png", "img2.png"])
+    with pytest.raises(OptionError, match="no such file"):
+        HRCropDataset(photo_dir, crop_size=32, exclude=tmp_path / "missing.txt")

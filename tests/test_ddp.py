@@ -1,6 +1,7 @@
 """Data-parallel training on CPU (gloo): two ranks average their gradients exactly like one
 process with the combined batch, end with identical weights, and the sync check notices a
 rank that drifted; `torchrun -m tokensr train` runs the VQGAN task on two processes."""
+
 from __future__ import annotations
 
 import csv
@@ -67,13 +68,25 @@ class ToyTask:
 
 
 def toy_config(run_dir: Path, batch_size: int) -> Any:
-    return build_config({
-        "task": "toy",
-        "engine": {"run_dir": str(run_dir), "max_steps": 6, "batch_size": batch_size, "num_workers": 0,
-                   "ckpt_every": 3, "val_every": 0, "progress": False, "tensorboard": False, "device": "cpu",
-                   "ema_decay": 0.8, "optim": {"g": {"type": "sgd", "lr": 0.05, "momentum": 0.5}}},
-        "task_config": {},
-    })
+    return build_config(
+        {
+            "task": "toy",
+            "engine": {
+                "run_dir": str(run_dir),
+                "max_steps": 6,
+                "batch_size": batch_size,
+                "num_workers": 0,
+                "ckpt_every": 3,
+                "val_every": 0,
+                "progress": False,
+                "tensorboard": False,
+                "device": "cpu",
+                "ema_decay": 0.8,
+                "optim": {"g": {"type": "sgd", "lr": 0.05, "momentum": 0.5}},
+            },
+            "task_config": {},
+        }
+    )
 
 
 def free_port() -> int:
@@ -84,8 +97,9 @@ def free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     dist.init_process_group("gloo", rank=rank, world_size=world)
     trainer = train(toy_config(Path(out) / "run", batch_size=4), task_factory=ToyTask)
     info = DistInfo(rank, world, rank)
@@ -94,8 +108,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         with torch.no_grad():
             trainer.modules["net"][2].bias.add_(1e-7)
     drifted = check_in_sync(trainer.modules, info)
-    torch.save({"state": trainer.modules["net"].state_dict(), "clean": clean, "drifted": drifted},
-               Path(out) / f"rank{rank}.pt")
+    torch.save(
+        {"state": trainer.modules["net"].state_dict(), "clean": clean, "drifted": drifted}, Path(out) / f"rank{rank}.pt"
+    )
     dist.barrier()  # no rank tears gloo down while its peer is still in a collective
     dist.destroy_process_group()
 
@@ -133,11 +148,30 @@ def test_torchrun_vqgan_ranks_stay_in_sync(tmp_path: Path) -> None:
         img = np.stack([np.sin(0.2 * (c + 1) * x + i) + np.cos(0.3 * (i + 1) * y) for c in range(3)], -1)
         Image.fromarray(((img + 2) / 4 * 255).clip(0, 255).astype(np.uint8)).save(photos / f"{i}.png")
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tokensr", "train", str(REPO / "configs" / "vqgan_tiny.yaml"), "max_steps=4", "ckpt_every=2",
-           "losses.disc_start=0", "ema_decay=0.9", f"run_dir={run}", f"data.root={photos}", "progress=false"]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tokensr",
+        "train",
+        str(REPO / "configs" / "vqgan_tiny.yaml"),
+        "max_steps=4",
+        "ckpt_every=2",
+        "losses.disc_start=0",
+        "ema_decay=0.9",
+        f"run_dir={run}",
+        f"data.root={photos}",
+        "progress=false",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the engine compared every module tensor (VQGAN, EMA codebook buffers, discriminator with

@@ -1,5 +1,6 @@
 """Degradation pipelines: kernels, noise, JPEG, ranges, determinism, sizes, and that the
 synthetic LR really is blurrier and noisier than a clean bicubic downscale."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ from tokensr.data import (
     RealESRGANConfig,
     RealESRGANDegradation,
     build_degradation,
+    ops,
 )
 from tokensr.data import kernels as K
-from tokensr.data import ops
 from tokensr.errors import OptionError
 
 PIPELINES = ("realesrgan", "bsrgan", "bsrgan_plus")
@@ -251,8 +252,12 @@ def test_lr_size_is_exactly_hr_over_scale(name: str, scale: int, hw: tuple[int, 
 
 
 def test_a_mapping_overrides_any_range_of_a_pipeline() -> None:
-    spec = {"name": "realesrgan", "final_sinc_prob": 0.0,
-            "pass2": {"jpeg_range": [90, 95], "gaussian_noise_prob": 1.0}, "kernel1": {"sinc_prob": 0.0}}
+    spec = {
+        "name": "realesrgan",
+        "final_sinc_prob": 0.0,
+        "pass2": {"jpeg_range": [90, 95], "gaussian_noise_prob": 1.0},
+        "kernel1": {"sinc_prob": 0.0},
+    }
     deg = build_degradation(spec)
     assert isinstance(deg, RealESRGANDegradation)
     cfg = deg.cfg

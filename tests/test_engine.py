@@ -1,6 +1,7 @@
 """The training engine: configs and overrides, LR schedule, optimizers, data sharding,
 gradient accumulation, per-optimizer gradients, EMA, checkpoints and exact resume after
 SIGKILL, a tiny VQGAN overfit, and `tokensr train` end to end."""
+
 from __future__ import annotations
 
 import csv
@@ -84,9 +85,20 @@ class ToyTask:
 
 
 def toy_config(run_dir: Path, **engine: Any) -> Any:
-    base = dict(run_dir=str(run_dir), max_steps=6, batch_size=4, num_workers=0, log_every=1, val_every=0,
-                ckpt_every=3, progress=False, tensorboard=False, device="cpu", lr_schedule="constant",
-                optim={"default": {"type": "adam", "lr": 0.05}})
+    base = dict(
+        run_dir=str(run_dir),
+        max_steps=6,
+        batch_size=4,
+        num_workers=0,
+        log_every=1,
+        val_every=0,
+        ckpt_every=3,
+        progress=False,
+        tensorboard=False,
+        device="cpu",
+        lr_schedule="constant",
+        optim={"default": {"type": "adam", "lr": 0.05}},
+    )
     base.update(engine)
     task_cfg = {k: engine.pop(k) for k in list(engine) if k in ("d_start", "n")}
     for k in task_cfg:
@@ -112,7 +124,7 @@ def assert_same(a: Any, b: Any, path: str = "") -> None:
             assert_same(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
             assert_same(x, y, f"{path}[{i}]")
     else:
         assert a == b, path
@@ -148,8 +160,18 @@ def test_config_file_overrides_and_paths(tmp_path: Path) -> None:
         "engine: {max_steps: 10, optim: {g: {lr: 1e-4}}, run_dir: runs/x}\n"
         "task_config: {data: {root: ./imgs, crop_size: 32}, vgg: ./missing.pth, tokenizer: vqgan-small}\n"
     )
-    cfg = load_config(cfg_file, ["max_steps=7", "optim.d.betas=[0.5,0.9]", "data.crop_size=64",
-                                 "task_config.seed=3", "engine.seed=5", "model.ch_mult=[1,2]", "optim.g.lr=2e-4"])
+    cfg = load_config(
+        cfg_file,
+        [
+            "max_steps=7",
+            "optim.d.betas=[0.5,0.9]",
+            "data.crop_size=64",
+            "task_config.seed=3",
+            "engine.seed=5",
+            "model.ch_mult=[1,2]",
+            "optim.g.lr=2e-4",
+        ],
+    )
     assert cfg.engine.max_steps == 7 and cfg.engine.seed == 5
     assert cfg.engine.optim == {"g": {"lr": 2e-4}, "d": {"betas": [0.5, 0.9]}}
     assert cfg.engine.run_dir == "runs/x"  # relative to the current directory, not the file
@@ -162,8 +184,14 @@ def test_config_file_overrides_and_paths(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "override, message",
-    [("engine.max_step=3", "did you mean 'max_steps'"), ("amp=fp8", "amp"), ("batch_size=0", "batch_size"),
-     ("max_steps=2.5", "integer"), ("oops", "key=value"), ("ema_decay=1.5", "ema_decay")],
+    [
+        ("engine.max_step=3", "did you mean 'max_steps'"),
+        ("amp=fp8", "amp"),
+        ("batch_size=0", "batch_size"),
+        ("max_steps=2.5", "integer"),
+        ("oops", "key=value"),
+        ("ema_decay=1.5", "ema_decay"),
+    ],
 )
 def test_config_errors(tmp_path: Path, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -290,14 +318,26 @@ engine.train(cfg, task_factory=factory)
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, photos: Path) -> None:
-    common = [f"data.root={photos}", "max_steps=8", "ckpt_every=2", "keep_checkpoints=0", "val_every=0",
-              "losses.disc_start=3", "ema_decay=0.9", "threads=1", "progress=false"]
+    common = [
+        f"data.root={photos}",
+        "max_steps=8",
+        "ckpt_every=2",
+        "keep_checkpoints=0",
+        "val_every=0",
+        "losses.disc_start=3",
+        "ema_decay=0.9",
+        "threads=1",
+        "progress=false",
+    ]
     train(load_config(TINY, common + [f"run_dir={tmp_path / 'full'}"]))
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "-c", KILL_SCRIPT, str(TINY), "5", *common, f"run_dir={killed}"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert [s for s, _ in list_checkpoints(killed / "checkpoints")] == [2, 4]
@@ -314,9 +354,21 @@ def test_tiny_vqgan_overfits_one_image(tmp_path: Path, photos: Path) -> None:
     one = tmp_path / "one"
     one.mkdir()
     (one / "p0.png").write_bytes((photos / "p0.png").read_bytes())
-    cfg = load_config(TINY, [f"data.root={one}", f"run_dir={tmp_path / 'fit'}", "max_steps=40", "log_every=5",
-                             "data.length=8", "losses.gan=0", "optim.g.lr=3e-3", "val_every=20", "ema_decay=0",
-                             "progress=false"])
+    cfg = load_config(
+        TINY,
+        [
+            f"data.root={one}",
+            f"run_dir={tmp_path / 'fit'}",
+            "max_steps=40",
+            "log_every=5",
+            "data.length=8",
+            "losses.gan=0",
+            "optim.g.lr=3e-3",
+            "val_every=20",
+            "ema_decay=0",
+            "progress=false",
+        ],
+    )
     train(cfg)
     l1 = read_log(tmp_path / "fit")["l1"]
     assert len(l1) == 8 and l1[-1] < 0.6 * l1[0], l1
@@ -335,8 +387,17 @@ def test_cli_train_end_to_end(tmp_path: Path, photos: Path, capsys: pytest.Captu
     assert (run / "config.yaml").is_file() and list((run / "val").glob("step_00000003_*.png"))
     assert "loss_g" in read_log(run)
     # a new run continues from the exported weights (strict init)
-    rc = cli_main(["train", str(TINY), "max_steps=1", f"run_dir={tmp_path / 'next'}", f"data.root={photos}",
-                   f"init={run / 'export'}", "progress=false"])
+    rc = cli_main(
+        [
+            "train",
+            str(TINY),
+            "max_steps=1",
+            f"run_dir={tmp_path / 'next'}",
+            f"data.root={photos}",
+            f"init={run / 'export'}",
+            "progress=false",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
 
 

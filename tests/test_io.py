@@ -1,4 +1,5 @@
 """Image reading and writing: every odd kind of input, errors, limits, atomic non-clobbering writes."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """benchmarks/iter_alpha_sweep.py on a tiny random ITER model and two tiny generated pairs."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bench_scripts import load_script
 from PIL import Image
 
-from bench_scripts import load_script
 from tokensr.methods.iter.model import ITER
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
 
@@ -27,11 +28,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Image.fromarray(lr).save(root / "pairs/lr" / f"im{i}.png")
         Image.fromarray(lr).save(root / "lronly" / f"im{i}.png")
     torch.manual_seed(0)
-    tok = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8,
-                            codebook_size=16)).eval()
+    tok = VQGAN(
+        VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8, codebook_size=16)
+    ).eval()
     ITER.from_preset("tiny", tok, scale=4).save_pretrained(root / "iter")
-    ITER.create(tok, {"ch": 8, "res_blocks": 1, "dim": 16, "groups": 1, "depth": 2, "heads": 2, "window": 4}
-                ).save_pretrained(root / "lq_only")
+    ITER.create(
+        tok, {"ch": 8, "res_blocks": 1, "dim": 16, "groups": 1, "depth": 2, "heads": 2, "window": 4}
+    ).save_pretrained(root / "lq_only")
     return root
 
 
@@ -63,8 +66,24 @@ def test_sweep_table_has_a_row_per_alpha(data: Path) -> None:
 def test_sweep_with_crop_and_steps(data: Path) -> None:
     script = load_script("iter_alpha_sweep")
     out = data / "crop.md"
-    rc = script.main(["--weights", str(data / "iter"), "--pairs", str(data / "pairs"), "--alphas", "0:1:0.5",
-                      "--steps", "4", "--crop", "4", "--color-levels", "2", "--out", str(out)])
+    rc = script.main(
+        [
+            "--weights",
+            str(data / "iter"),
+            "--pairs",
+            str(data / "pairs"),
+            "--alphas",
+            "0:1:0.5",
+            "--steps",
+            "4",
+            "--crop",
+            "4",
+            "--color-levels",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     rows = _rows(out)
     assert [r[0].split()[0] for r in rows] == ["0.00", "0.50", "1.00"]

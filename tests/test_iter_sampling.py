@@ -1,5 +1,6 @@
 """ITER's mask schedule, start step and adaptive inference (paper Algorithms 1-2, Eq. 6-7),
 checked on hand-computed cases and with fake refinement/evaluation functions."""
+
 from __future__ import annotations
 
 import math

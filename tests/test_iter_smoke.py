@@ -1,17 +1,18 @@
 """End-to-end smoke test of ITER on tiny random networks (save -> build -> upscale), the
 start-step rule's monotonicity in alpha, and the inference options (alpha, steps, adaptive)
 reaching the sampler through the method factory, tokensr.load and the upscale CLI."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 from tokensr.methods.iter.model import ITER
 from tokensr.methods.iter.sampling import start_step
-from tokensr.nn.vqgan import VQGAN, VQGANConfig
-from tiny_models import tiny_tokenizer as _tiny_tokenizer
+from tokensr.nn.vqgan import VQGAN
 
 
 def tiny_tokenizer() -> VQGAN:
@@ -104,10 +105,14 @@ def test_alpha_and_steps_reach_the_sampler_through_the_cli(
     src = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)).save(src)
     out = tmp_path / "out.png"
-    rc = main(["upscale", str(src), "-o", str(out), "--weights", str(tiny_folder), "--alpha", "0.3", "--steps", "2", "-q"])
+    rc = main(
+        ["upscale", str(src), "-o", str(out), "--weights", str(tiny_folder), "--alpha", "0.3", "--steps", "2", "-q"]
+    )
     assert rc == 0 and Image.open(out).size == (48, 32)
     assert sampler_calls == [(2, 0.3, True)]
-    assert main(["upscale", str(src), "-o", str(tmp_path / "bad.png"), "--weights", str(tiny_folder), "--alpha", "2"]) == 2
+    assert (
+        main(["upscale", str(src), "-o", str(tmp_path / "bad.png"), "--weights", str(tiny_folder), "--alpha", "2"]) == 2
+    )
 
 
 def test_wrong_weights_are_clear_errors(tiny_folder: Path) -> None:

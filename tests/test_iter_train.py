@@ -1,5 +1,6 @@
 """ITER training stages (Eq. 2 and Algorithm 1) on tiny batches, the configs, and tiny runs
 through the training engine."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny_models import fit, tiny_tokenizer
 
 from tokensr.errors import OptionError
 from tokensr.methods.iter.model import ITER
 from tokensr.methods.iter.train import LOSS_DEFAULTS, ITERTask, LQEncoderTask, RefineEvalTask
-from tokensr.nn.vqgan import VQGAN, VQGANConfig
-from tiny_models import fit, tiny_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -72,7 +72,9 @@ def test_lq_encoder_stage_trains_only_the_encoder() -> None:
 
 
 def test_pixel_loss_reaches_the_encoder_through_the_gumbel_decode() -> None:
-    task = LQEncoderTask({"tokenizer": tiny_tokenizer(), "preset": "tiny", "losses": {"pixel": 1.0, "dist": 0.0}}, "cpu")
+    task = LQEncoderTask(
+        {"tokenizer": tiny_tokenizer(), "preset": "tiny", "losses": {"pixel": 1.0, "dist": 0.0}}, "cpu"
+    )
     losses, logs = task.losses(tiny_batch(), 0)
     assert torch.isfinite(losses["g"]) and logs["pixel_l1"] > 0
     losses["g"].backward()
@@ -201,8 +203,11 @@ def test_configs_load_and_use_known_keys(size: str) -> None:
         assert set(tc) <= {"data", "val", *ITERTask.keys}, name
         assert set(tc.get("losses") or {}) <= set(LOSS_DEFAULTS), name
         assert set(cfg.engine.optim) == {"g"}
-        parts = {"iter": ["lq_encoder", "refine", "evaluator"], "iter_lq_encoder": ["lq_encoder"],
-                 "iter_refine": ["refine", "evaluator"]}[name]
+        parts = {
+            "iter": ["lq_encoder", "refine", "evaluator"],
+            "iter_lq_encoder": ["lq_encoder"],
+            "iter_refine": ["refine", "evaluator"],
+        }[name]
         assert tc["train"] == parts
         assert ("init" in tc) == (name == "iter_refine") and ("tokenizer" in tc) != (name == "iter_refine")
         data = tc["data"]
@@ -252,9 +257,16 @@ def test_tiny_configs_run_with_the_engine(tmp_path: Path) -> None:
     common = [f"data.root={photos}", "max_steps=2", "val_every=2", "ckpt_every=2"]
     joint = train(load_config(CONFIGS / "iter_tiny.yaml", common + [f"tokenizer={tok}", f"run_dir={tmp_path / 'j'}"]))
     assert {"psnr_iter", "steps_run"} <= set(joint.last_val)
-    train(load_config(CONFIGS / "iter_lq_encoder_tiny.yaml", common + [f"tokenizer={tok}", f"run_dir={tmp_path / 'l'}"]))
+    train(
+        load_config(CONFIGS / "iter_lq_encoder_tiny.yaml", common + [f"tokenizer={tok}", f"run_dir={tmp_path / 'l'}"])
+    )
     assert ITER.from_pretrained(tmp_path / "l" / "export").refine is None
-    train(load_config(CONFIGS / "iter_refine_tiny.yaml", common + [f"init={tmp_path / 'l' / 'export'}", f"run_dir={tmp_path / 'r'}"]))
+    train(
+        load_config(
+            CONFIGS / "iter_refine_tiny.yaml",
+            common + [f"init={tmp_path / 'l' / 'export'}", f"run_dir={tmp_path / 'r'}"],
+        )
+    )
     staged = ITER.from_pretrained(tmp_path / "r" / "export")
     stage1 = ITER.from_pretrained(tmp_path / "l" / "export")
     assert staged.can_refine

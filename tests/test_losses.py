@@ -1,5 +1,6 @@
 """Training losses: hinge GAN, taming's adaptive weight, SSIM / MS-SSIM, the VGG19
 perceptual loss (with a generated torchvision-format weight file) and the discriminators."""
+
 from __future__ import annotations
 
 import math
@@ -223,7 +224,9 @@ def test_feature_matching_loss() -> None:
     assert torch.all(loss > 0)
     # by hand: the mean over hidden layers (logits left out) of the per-sample L1
     fake_feats = d.features(fake)
-    hand = sum((f - r).abs().flatten(1).mean(1) for f, r in zip(fake_feats[:-1], real_feats[:-1])) / (len(fake_feats) - 1)
+    hand = sum((f - r).abs().flatten(1).mean(1) for f, r in zip(fake_feats[:-1], real_feats[:-1], strict=False)) / (
+        len(fake_feats) - 1
+    )
     assert torch.allclose(loss, hand)
     loss.sum().backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0

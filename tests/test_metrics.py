@@ -305,7 +305,7 @@ def _lpips_by_hand(x: torch.Tensor, y: torch.Tensor, folder: Path) -> float:
         return [r1, r2, r3, r4, r5]
 
     total = 0.0
-    for i, (a, b) in enumerate(zip(acts(x), acts(y))):
+    for i, (a, b) in enumerate(zip(acts(x), acts(y), strict=False)):
         na = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
         nb = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
         w = heads[f"lin{i}.model.1.weight"].view(1, -1, 1, 1)

@@ -1,4 +1,5 @@
 """Gaussian-weighted overlapping patch aggregation (tokensr.inference.patches)."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,7 +23,7 @@ def test_gaussian_weights_shape_and_peak() -> None:
     assert w.max() == pytest.approx(float(w[3:5, 5:7].min()), rel=1e-6)
     # variance 0.05 of the side: at the border (x = +-0.5 side) exp(-0.25 / 0.1)
     one = gaussian_weights(1001, 1, var=0.05)[:, 0]
-    assert one[0].item() == pytest.approx(torch.exp(torch.tensor(-(500 / 1001) ** 2 / 0.1)).item(), rel=1e-4)
+    assert one[0].item() == pytest.approx(torch.exp(torch.tensor(-((500 / 1001) ** 2) / 0.1)).item(), rel=1e-4)
     assert gaussian_weights(10, 10, var=0.5).min() > w.min()  # wider kernel -> flatter
 
 
@@ -63,8 +64,9 @@ def test_consistent_patches_reproduce_the_image() -> None:
     """If every patch is upscaled by the same pixel-wise rule, blending changes nothing."""
     torch.manual_seed(0)
     lr = torch.rand(1, 3, 21, 17)
-    out = aggregate_patches(lr, lambda x: F.interpolate(x, scale_factor=2, mode="nearest"),
-                            scale=2, patch=8, batch_size=5)
+    out = aggregate_patches(
+        lr, lambda x: F.interpolate(x, scale_factor=2, mode="nearest"), scale=2, patch=8, batch_size=5
+    )
     assert torch.allclose(out, F.interpolate(lr, scale_factor=2, mode="nearest"), atol=1e-5)
 
 

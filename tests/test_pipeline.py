@@ -1,4 +1,5 @@
 """upscale_image (gray, alpha, bit depth, ICC) and upscale_files (folders, names, errors)."""
+
 from __future__ import annotations
 
 import logging
@@ -210,8 +211,10 @@ def test_failures_are_listed_again_at_the_end(make_image, tmp_path: Path, caplog
     summary = upscale_files([bad, good, tmp_path / "gone.jpg"], tmp_path / "out", Bicubic(2))
     assert summary.n_written == 1 and summary.n_failed == 2
     text = summary.fail_log()
-    assert text.splitlines() == [f"{tmp_path / 'gone.jpg'}: no such file or folder",
-                                 f"{bad}: not an image file (or a format tokensr cannot read)"]
+    assert text.splitlines() == [
+        f"{tmp_path / 'gone.jpg'}: no such file or folder",
+        f"{bad}: not an image file (or a format tokensr cannot read)",
+    ]
     final = [r.getMessage() for r in caplog.records if r.getMessage().startswith("failed (2)")]
     assert len(final) == 1 and "bad.png: not an image" in final[0] and "gone.jpg: no such" in final[0]
     assert caplog.records[-1].getMessage().startswith("done: 1 written, 2 failed")

@@ -1,5 +1,6 @@
 """The EMA vector quantizer: assignment, straight-through gradient, EMA codebook math,
 first-batch initialisation, dead-code restart, and the legacy (learned codebook) loss."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,7 +17,9 @@ def feature_map(points: list[list[float]]) -> torch.Tensor:
     return torch.tensor(points).view(1, 2, 2, 2).permute(0, 3, 1, 2).contiguous()
 
 
-def primed(decay: float = 0.9, dead_threshold: float = 0.0, sizes: tuple[float, ...] = (2.0, 2.0, 2.0)) -> VectorQuantizer:
+def primed(
+    decay: float = 0.9, dead_threshold: float = 0.0, sizes: tuple[float, ...] = (2.0, 2.0, 2.0)
+) -> VectorQuantizer:
     """A 3-code EMA quantizer with a known, already-initialised codebook."""
     q = VectorQuantizer(3, 2, beta=0.25, ema=True, decay=decay, dead_threshold=dead_threshold)
     with torch.no_grad():
@@ -35,7 +38,8 @@ def test_nearest_code_assignment_and_statistics() -> None:
     assert out.usage.item() == pytest.approx(2 / 3)
     assert out.perplexity.item() == pytest.approx(2.0, rel=1e-5)  # two codes, equally used
     # commitment loss only: beta * mean squared distance to the chosen codes
-    expected = 0.25 * sum((a - b) ** 2 for p, c in zip(POINTS, [0, 1, 1, 0]) for a, b in zip(p, CODES[c])) / 8
+    pairs = zip(POINTS, [0, 1, 1, 0], strict=True)
+    expected = 0.25 * sum((a - b) ** 2 for p, c in pairs for a, b in zip(p, CODES[c], strict=True)) / 8
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -106,7 +110,8 @@ def test_legacy_codebook_loss_trains_codes() -> None:
         q.embedding.weight.copy_(torch.tensor(CODES))
     z = feature_map(POINTS).requires_grad_(True)
     out = q.train()(z)
-    mse = sum((a - b) ** 2 for p, c in zip(POINTS, [0, 1, 1, 0]) for a, b in zip(p, CODES[c])) / 8
+    pairs = zip(POINTS, [0, 1, 1, 0], strict=True)
+    mse = sum((a - b) ** 2 for p, c in pairs for a, b in zip(p, CODES[c], strict=True)) / 8
     assert out.loss.item() == pytest.approx(1.25 * mse, rel=1e-5)
     out.loss.backward()
     assert q.embedding.weight.grad is not None

@@ -1,4 +1,5 @@
 """benchmarks/realsrt_steps.py on tiny generated data and a tiny random RealSRT (critic + CCM)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from bench_scripts import load_script
+from PIL import Image
 from tiny_models import tiny_tokenizer
+
 from tokensr.methods.realsrt.model import RealSRT
 
 
@@ -31,7 +32,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(2):
         hr = rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)
         Image.fromarray(hr).save(root / "pairs/hr" / f"im{i}.png")
-        Image.fromarray(hr.reshape(8, 4, 12, 4, 3).mean(axis=(1, 3)).astype(np.uint8)).save(root / "pairs/lr" / f"im{i}.png")
+        Image.fromarray(hr.reshape(8, 4, 12, 4, 3).mean(axis=(1, 3)).astype(np.uint8)).save(
+            root / "pairs/lr" / f"im{i}.png"
+        )
         Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(root / "lronly" / f"x{i}.png")
     return root
 
@@ -40,16 +43,36 @@ def test_variant_grid_order_and_specs() -> None:
     mod = load_script("realsrt_steps")
     grid = mod.variants("W", [1, 2], ["critic", "generator"], [2])
     assert [(g["T"], g["confidence"], g["ccm"]) for g in grid] == [
-        (1, "critic", True), (2, "critic", True), (1, "generator", True), (2, "generator", True),
-        (2, "critic", False), (2, "generator", False)]
+        (1, "critic", True),
+        (2, "critic", True),
+        (1, "generator", True),
+        (2, "generator", True),
+        (2, "critic", False),
+        (2, "generator", False),
+    ]
     assert grid[-1]["spec"] == "realsrt:weights=W:steps=2:confidence=generator:ccm=false"
 
 
 def test_steps_script_writes_one_row_per_variant(weights: Path, data: Path, tmp_path: Path) -> None:
     mod = load_script("realsrt_steps")
     out = tmp_path / "steps.md"
-    rc = mod.main(["--weights", str(weights), "--data", str(data / "pairs"), str(data / "lronly"),
-                   "--steps", "1,3", "--no-ccm-steps", "3", "--work", str(tmp_path / "work"), "--out", str(out)])
+    rc = mod.main(
+        [
+            "--weights",
+            str(weights),
+            "--data",
+            str(data / "pairs"),
+            str(data / "lronly"),
+            "--steps",
+            "1,3",
+            "--no-ccm-steps",
+            "3",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| ") and not ln.startswith("| T ")]
     assert len(rows) == 6  # (1, 3) x (critic, generator) with CCM + T=3 x 2 without

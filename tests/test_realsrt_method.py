@@ -1,4 +1,5 @@
 """RealSRT as an SR method: tiny end-to-end runs through build()."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 from tokensr.errors import OptionError
 from tokensr.methods import build_method
 from tokensr.methods.realsrt.method import RealSRTMethod, build
 from tokensr.methods.realsrt.model import PRESETS, RealSRT
-from tokensr.nn.vqgan import VQGAN, VQGANConfig
-from tiny_models import tiny_tokenizer as _tiny_tokenizer
+from tokensr.nn.vqgan import VQGAN
 
 
 def tiny_tokenizer(seed: int = 0) -> VQGAN:
@@ -52,8 +53,13 @@ def test_end_to_end_any_size_deterministic(folder: Path) -> None:
 def test_options_change_the_result(folder: Path) -> None:
     lr = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(1))
     base = build(weights=str(folder))(lr)
-    for opts in ({"ccm": "false"}, {"confidence": "generator"}, {"steps": "1"}, {"color_fix": "none"},
-                 {"color_levels": "2"}):
+    for opts in (
+        {"ccm": "false"},
+        {"confidence": "generator"},
+        {"steps": "1"},
+        {"color_fix": "none"},
+        {"color_levels": "2"},
+    ):
         out = build(weights=str(folder), **opts)(lr)
         assert out.shape == base.shape and not torch.equal(out, base), opts
     # sampling with a temperature is reproducible for a given seed

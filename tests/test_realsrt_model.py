@@ -1,4 +1,5 @@
 """RealSRT networks: transformer pieces, generator/critic, CCM, save/load."""
+
 from __future__ import annotations
 
 import math
@@ -6,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 from tokensr.methods.realsrt.ccm import CCM
 from tokensr.methods.realsrt.model import PRESETS, RealSRT, TokenTransformer, TokenTransformerConfig
 from tokensr.nn.transformer import Attention, FeedForward, TransformerBlock, sincos_2d
-from tokensr.nn.vqgan import VQGAN, VQGANConfig
-from tiny_models import tiny_tokenizer as _tiny_tokenizer
+from tokensr.nn.vqgan import VQGAN
 
 
 def tiny_tokenizer(seed: int = 0) -> VQGAN:
@@ -88,8 +89,9 @@ def test_generator_mask_token_and_shapes() -> None:
 
 
 def test_critic_has_one_logit_and_no_mask_token() -> None:
-    cfg = TokenTransformerConfig(codebook_size=10, code_dim=4, dim=16, heads=2, dim_head=8, lr_depth=1, hr_depth=2,
-                                 critic=True)
+    cfg = TokenTransformerConfig(
+        codebook_size=10, code_dim=4, dim=16, heads=2, dim_head=8, lr_depth=1, hr_depth=2, critic=True
+    )
     critic = TokenTransformer(cfg)
     assert critic.mask_token is None
     out = critic(torch.randint(0, 10, (3, 6)), torch.randint(0, 10, (3, 6)), (2, 3))
@@ -101,7 +103,7 @@ def test_ccm_zero_conv_starts_as_identity() -> None:
     tok = tiny_tokenizer()
     ccm = CCM.from_tokenizer(tok)
     assert torch.equal(ccm.zero_conv.weight, torch.zeros_like(ccm.zero_conv.weight))
-    for (k, a), b in zip(ccm.encoder.state_dict().items(), tok.encoder.state_dict().values()):
+    for (k, a), b in zip(ccm.encoder.state_dict().items(), tok.encoder.state_dict().values(), strict=False):
         assert torch.equal(a, b), k
     h = torch.randn(2, 8, 8, 8)
     lr_up = torch.rand(2, 3, 16, 16) * 2 - 1

@@ -1,4 +1,5 @@
 """RealSRT mask schedule, training masks and the confidence-based re-masking rule."""
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,7 @@ def test_counts_decrease_and_end_at_zero() -> None:
     for steps in (1, 2, 3, 8, 16):
         counts = remask_counts(steps, 256)
         assert counts[-1] == 0
-        assert all(a >= b for a, b in zip(counts, counts[1:]))
+        assert all(a >= b for a, b in zip(counts, counts[1:], strict=False))
     with pytest.raises(ValueError):
         remask_count(4, 4, 100)
     with pytest.raises(ValueError):
@@ -106,7 +107,7 @@ def test_critic_remasking_rule() -> None:
     for t, st in enumerate(res.steps):
         assert int(st.remasked[0].sum()) == counts[t]
         # the least confident = the highest critic logits = the last positions
-        assert st.remasked[0, n - counts[t]:].all() and not st.remasked[0, : n - counts[t]].any()
+        assert st.remasked[0, n - counts[t] :].all() and not st.remasked[0, : n - counts[t]].any()
         assert torch.allclose(st.confidence[0], 1 - torch.sigmoid(scores))
         if t + 1 < steps:
             assert torch.equal(fake.inputs[t + 1] == k, st.remasked)
@@ -118,8 +119,9 @@ def test_critic_remasking_rule() -> None:
 def test_generator_confidence_never_remasks_kept_tokens() -> None:
     n, k, steps = 16, 7, 4
     fake = FakeModels(k, n, torch.zeros(n))
-    res = iterative_generate(fake.generator, None, batch=1, n_tokens=n, mask_id=k, device="cpu",
-                             steps=steps, confidence="generator")
+    res = iterative_generate(
+        fake.generator, None, batch=1, n_tokens=n, mask_id=k, device="cpu", steps=steps, confidence="generator"
+    )
     for t, st in enumerate(res.steps):
         assert not (st.remasked & ~st.was_masked).any()
         assert int(st.remasked.sum()) == remask_counts(steps, n)[t]
@@ -144,7 +146,11 @@ def test_argmax_is_deterministic_and_temperature_samples() -> None:
     a = iterative_generate(gen, critic, 3, 10, 5, "cpu", steps=3).tokens
     b = iterative_generate(gen, critic, 3, 10, 5, "cpu", steps=3).tokens
     assert torch.equal(a, b) and torch.equal(a[0], table.argmax(1))
-    s1 = iterative_generate(gen, critic, 3, 10, 5, "cpu", steps=3, temperature=5.0, rng=torch.Generator().manual_seed(1))
-    s2 = iterative_generate(gen, critic, 3, 10, 5, "cpu", steps=3, temperature=5.0, rng=torch.Generator().manual_seed(1))
+    s1 = iterative_generate(
+        gen, critic, 3, 10, 5, "cpu", steps=3, temperature=5.0, rng=torch.Generator().manual_seed(1)
+    )
+    s2 = iterative_generate(
+        gen, critic, 3, 10, 5, "cpu", steps=3, temperature=5.0, rng=torch.Generator().manual_seed(1)
+    )
     assert torch.equal(s1.tokens, s2.tokens)
     assert not torch.equal(s1.tokens, a)

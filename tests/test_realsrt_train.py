@@ -1,18 +1,18 @@
 """RealSRT training stages, run directly on tiny batches (no engine needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from tiny_models import fit
+from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 from tokensr.errors import OptionError
 from tokensr.methods.realsrt.model import RealSRT
 from tokensr.methods.realsrt.train import CCMTask, CriticTask, GeneratorTask
-from tokensr.nn.vqgan import VQGAN, VQGANConfig
-from tiny_models import fit
-from tiny_models import tiny_tokenizer as _tiny_tokenizer
+from tokensr.nn.vqgan import VQGAN
 
 
 def tiny_tokenizer(seed: int = 0) -> VQGAN:
@@ -127,9 +127,16 @@ def test_ccm_task_trains_only_the_ccm(generator_folder: Path, tmp_path: Path) ->
 
 
 def test_ccm_task_gan_branch(generator_folder: Path) -> None:
-    task = CCMTask({"init": str(generator_folder), "tokens": "generated", "steps": 2,
-                    "losses": {"perceptual": 0, "gan": 0.8, "disc_start": 1},
-                    "discriminator": {"type": "patch", "ndf": 8, "n_layers": 2}}, "cpu")
+    task = CCMTask(
+        {
+            "init": str(generator_folder),
+            "tokens": "generated",
+            "steps": 2,
+            "losses": {"perceptual": 0, "gan": 0.8, "disc_start": 1},
+            "discriminator": {"type": "patch", "ndf": 8, "n_layers": 2},
+        },
+        "cpu",
+    )
     assert task.confidence == "generator"  # the generator-stage folder has no critic
     assert task.discriminator is not None
     assert set(task.param_groups()) == {"g", "d"} and "discriminator" in task.modules()
@@ -155,15 +162,26 @@ def test_validation_returns_metrics_and_images(generator_folder: Path) -> None:
     assert img.shape == (3, 96, 64) and 0 <= img.min() and img.max() <= 1  # 3 rows x 2 images
 
 
-def test_ccm_substitutes_ms_ssim_without_vgg(generator_folder: Path, monkeypatch: pytest.MonkeyPatch,
-                                             tmp_path: Path) -> None:
+def test_ccm_substitutes_ms_ssim_without_vgg(
+    generator_folder: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("TOKENSR_VGG19", raising=False)
     monkeypatch.delenv("TOKENSR_METRIC_WEIGHTS", raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no cached VGG either
-    task = CCMTask({"init": str(generator_folder), "tokens": "gt",
-                    "losses": {"perceptual": 0.1, "gan": 0, "substitute": {"l1": 0.5, "ms_ssim": 2.0}}}, "cpu")
+    task = CCMTask(
+        {
+            "init": str(generator_folder),
+            "tokens": "gt",
+            "losses": {"perceptual": 0.1, "gan": 0, "substitute": {"l1": 0.5, "ms_ssim": 2.0}},
+        },
+        "cpu",
+    )
     assert task.loss.perceptual is None and task.loss.ms_ssim is not None
-    assert task.loss_weights["l1"] == 0.5 and task.loss_weights["ms_ssim"] == 2.0 and task.loss_weights["perceptual"] == 0.0
+    assert (
+        task.loss_weights["l1"] == 0.5
+        and task.loss_weights["ms_ssim"] == 2.0
+        and task.loss_weights["perceptual"] == 0.0
+    )
     losses, logs = task.losses(tiny_batch(2), step=0)
     assert torch.isfinite(losses["g"]) and {"l1", "l2", "ms_ssim"} <= set(logs)
 
@@ -204,9 +222,21 @@ def test_three_stages_with_the_engine(tmp_path: Path) -> None:
     tiny_tokenizer().save_pretrained(tok)
     configs = Path(__file__).resolve().parents[1] / "configs"
     common = [f"data.root={photos}", "max_steps=2", "val_every=2", "ckpt_every=2"]
-    train(load_config(configs / "realsrt_generator_tiny.yaml", common + [f"tokenizer={tok}", f"run_dir={tmp_path / 'g'}"]))
-    train(load_config(configs / "realsrt_critic_tiny.yaml", common + [f"init={tmp_path / 'g' / 'export'}", f"run_dir={tmp_path / 'c'}"]))
-    train(load_config(configs / "realsrt_ccm_tiny.yaml", common + [f"init={tmp_path / 'c' / 'export'}", f"run_dir={tmp_path / 'm'}"]))
+    train(
+        load_config(configs / "realsrt_generator_tiny.yaml", common + [f"tokenizer={tok}", f"run_dir={tmp_path / 'g'}"])
+    )
+    train(
+        load_config(
+            configs / "realsrt_critic_tiny.yaml",
+            common + [f"init={tmp_path / 'g' / 'export'}", f"run_dir={tmp_path / 'c'}"],
+        )
+    )
+    train(
+        load_config(
+            configs / "realsrt_ccm_tiny.yaml",
+            common + [f"init={tmp_path / 'c' / 'export'}", f"run_dir={tmp_path / 'm'}"],
+        )
+    )
     model = RealSRT.from_pretrained(tmp_path / "m" / "export")
     assert model.critic is not None and model.ccm is not None
     out = build(weights=str(tmp_path / "m" / "export"))(torch.rand(1, 3, 11, 9))

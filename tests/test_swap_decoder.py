@@ -1,15 +1,16 @@
 """benchmarks/swap_decoder.py: a fine-tuned decoder goes into a saved method folder, and only
 when the method's tokens keep their meaning."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
-
 from bench_scripts import load_script
 from tiny_models import tiny_tokenizer
-from tokensr.methods.realsrt.model import PRESETS, RealSRT
+
+from tokensr.methods.realsrt.model import RealSRT
 from tokensr.nn.vqgan import VQGAN
 
 swap = load_script("swap_decoder")

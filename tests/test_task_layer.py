@@ -1,5 +1,6 @@
 """The shared training-task layer: config reading, the val section, the image loss, and every
 config in configs/ building its task."""
+
 from __future__ import annotations
 
 import warnings
@@ -133,6 +134,33 @@ def test_image_loss_gan_starts_at_disc_start_and_balances_adaptively() -> None:
     assert fixed.g.item() == pytest.approx(0.5 * fixed.logs["g_adv"], rel=1e-5)
 
 
+def test_discriminator_init_warm_starts_from_a_checkpoint_or_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from tokensr.train.base import load_discriminator
+
+    settings = {"type": "patch", "ndf": 4, "n_layers": 2}
+    trained = build_discriminator(settings)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    torch.save({"step": 7, "modules": {"discriminator": state}}, tmp_path / "step.pt")
+    save_file(state, str(tmp_path / "disc.safetensors"))
+    for file in ("step.pt", "disc.safetensors"):
+        fresh = build_discriminator(settings)
+        load_discriminator(fresh, str(tmp_path / file))
+        for k, v in fresh.state_dict().items():
+            assert torch.equal(v, state[k]), (file, k)
+    torch.save({"modules": {"vqgan": {}}}, tmp_path / "no_disc.pt")
+    with pytest.raises(OptionError, match="not a training checkpoint with a discriminator"):
+        load_discriminator(build_discriminator(settings), str(tmp_path / "no_disc.pt"))
+    with pytest.raises(OptionError, match="does not fit"):
+        load_discriminator(build_discriminator({"type": "patch", "ndf": 8, "n_layers": 2}), str(tmp_path / "step.pt"))
+    with pytest.raises(OptionError, match="no such file"):
+        load_discriminator(build_discriminator(settings), str(tmp_path / "missing.pt"))
+
+
 def test_image_loss_maps_images_to_minus_one_one_for_its_networks() -> None:
     seen: list[torch.Tensor] = []
 
@@ -213,8 +241,9 @@ def _config_names() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _config_names())
-def test_every_config_builds_its_task(name: str, stages: StageExports, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_config_builds_its_task(
+    name: str, stages: StageExports, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each config's task_config is read without an unknown key or a deprecation warning, its
     task is built (on a stand-in earlier stage where it continues one) and serves crops."""
     from tokensr.train.config import load_config
@@ -233,6 +262,8 @@ def test_every_config_builds_its_task(name: str, stages: StageExports, tmp_path:
         overrides.append(f"init={stages.init_for(cfg.task, int(tc.get('scale', 4)))}")
     elif "tokenizer" in tc and (tc["tokenizer"] is None or str(tc["tokenizer"]).startswith("runs/")):
         overrides.append(f"tokenizer={stages.tokenizer}")
+    if (tc.get("discriminator") or {}).get("init"):  # a run's checkpoint (runs/ is not in a clone)
+        overrides.append("discriminator.init=null")
     if (tc.get("losses") or {}).get("perceptual_loss") == "vgg":  # the paper configs need the VGG19 file
         overrides.append("losses.perceptual_loss=auto")
     cfg = load_config(CONFIGS / name, overrides)

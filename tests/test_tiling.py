@@ -1,4 +1,5 @@
 """Tiled inference: same result as one pass for local methods, no seams, padding, batching."""
+
 from __future__ import annotations
 
 import math

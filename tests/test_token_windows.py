@@ -1,4 +1,5 @@
 """Windows over a token grid, and which window owns each token (RealSRT's aggregate=tokens)."""
+
 from __future__ import annotations
 
 import pytest

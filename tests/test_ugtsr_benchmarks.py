@@ -1,4 +1,5 @@
 """The UGTSR benchmark scripts on tiny generated data and a tiny random model."""
+
 from __future__ import annotations
 
 import json
@@ -7,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bench_scripts import load_script
 from PIL import Image
 
-from bench_scripts import load_script
 from tokensr.methods.ugtsr.model import UGTSR
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
 
 
 def _model(folder: Path, top_k: int, align: bool, uncertainty_loss: str) -> Path:
     torch.manual_seed(0)
-    tok = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8,
-                            codebook_size=16))
+    tok = VQGAN(
+        VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8, codebook_size=16)
+    )
     tok.train()
     with torch.no_grad():
         tok(torch.rand(2, 3, 32, 32) * 2 - 1)
@@ -48,8 +50,21 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_matching_accuracy_script(data: Path) -> None:
     script = load_script("ugtsr_matching_accuracy")
     out = data / "matching.md"
-    rc = script.main(["--weights", f"k3={data / 'full'}", str(data / "plain"), "--pairs", str(data / "pairs"),
-                      "--hr", str(data / "hronly"), "--crop", "32", "--out", str(out)])
+    rc = script.main(
+        [
+            "--weights",
+            f"k3={data / 'full'}",
+            str(data / "plain"),
+            "--pairs",
+            str(data / "pairs"),
+            "--hr",
+            str(data / "hronly"),
+            "--crop",
+            "32",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     lines = [ln for ln in out.read_text().splitlines() if ln.startswith("| ")]
     assert "top-5 (%)" in lines[0]
@@ -66,8 +81,19 @@ def test_matching_accuracy_script(data: Path) -> None:
 def test_ablation_script(data: Path) -> None:
     script = load_script("ugtsr_ablation")
     out = data / "ablation.md"
-    rc = script.main(["--weights", f"full={data / 'full'}", f"k1={data / 'plain'}", "--pairs", str(data / "pairs"),
-                      "--lr-only", str(data / "lronly"), "--out", str(out)])
+    rc = script.main(
+        [
+            "--weights",
+            f"full={data / 'full'}",
+            f"k1={data / 'plain'}",
+            "--pairs",
+            str(data / "pairs"),
+            "--lr-only",
+            str(data / "lronly"),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     lines = [ln for ln in out.read_text().splitlines() if ln.startswith("| ")]
     assert lines[0].startswith("| variant | uncertainty | top-k | align-attention | PSNR-Y (dB) | SSIM-Y | NIQE |")

@@ -1,4 +1,5 @@
 """UGTSR losses against hand computations."""
+
 from __future__ import annotations
 
 import math
@@ -7,7 +8,13 @@ import pytest
 import torch
 
 from tokensr.methods.ugtsr.losses import (
-    TokenizerFeatureLoss, codebook_loss, esu_loss, gram_matrix, pixel_error, udl_loss, udl_weight,
+    TokenizerFeatureLoss,
+    codebook_loss,
+    esu_loss,
+    gram_matrix,
+    pixel_error,
+    udl_loss,
+    udl_weight,
 )
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
 
@@ -88,8 +95,11 @@ def test_gram_and_codebook_loss_by_hand() -> None:
 
 def test_tokenizer_feature_loss() -> None:
     torch.manual_seed(0)
-    tok = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, mid_attention=False, code_dim=8,
-                            codebook_size=16)).eval().requires_grad_(False)
+    tok = (
+        VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, mid_attention=False, code_dim=8, codebook_size=16))
+        .eval()
+        .requires_grad_(False)
+    )
     loss = TokenizerFeatureLoss(tok)
     assert list(loss.parameters()) == []  # references the encoder, does not own it
     y = torch.rand(2, 3, 16, 16) * 2 - 1

@@ -1,4 +1,5 @@
 """UGTSR matching accuracy: counting by hand, and against a tiny random model."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,9 @@ from tokensr.nn.vqgan import VQGAN, VQGANConfig
 
 def tiny_model(scale: int = 4, top_k: int = 3) -> UGTSR:
     torch.manual_seed(0)
-    tok = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8,
-                            codebook_size=16))
+    tok = VQGAN(
+        VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8, codebook_size=16)
+    )
     tok.train()
     with torch.no_grad():
         tok(torch.rand(2, 3, 32, 32) * 2 - 1)

@@ -1,4 +1,5 @@
 """UGTSR as an SR method: tiny end-to-end runs through build(), the method table and the CLI."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -7,13 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tiny_models import tiny_tokenizer
 
 from tokensr.errors import OptionError
 from tokensr.methods import build_method
 from tokensr.methods.ugtsr.method import UGTSRMethod, build
 from tokensr.methods.ugtsr.model import UGTSR
-from tokensr.nn.vqgan import VQGAN, VQGANConfig
-from tiny_models import tiny_tokenizer
 
 
 def _save(scale: int, folder: Path) -> Path:

@@ -1,4 +1,5 @@
 """UGTSR network pieces: Top-k selection, fusion, Align-Attention, decoder walk, save/load."""
+
 from __future__ import annotations
 
 import math
@@ -7,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 from tokensr.methods.ugtsr.align import AlignAttention
 from tokensr.methods.ugtsr.fusion import TopKFusion, gather_codes
 from tokensr.methods.ugtsr.model import UGTSR, pad_lr
 from tokensr.nn.quantizer import knn_codes
-from tokensr.nn.vqgan import VQGAN, VQGANConfig
-from tiny_models import tiny_tokenizer as _tiny_tokenizer
+from tokensr.nn.vqgan import VQGAN
 
 
 def tiny_tokenizer(ch_mult: tuple[int, ...] = (1, 2, 4), seed: int = 0) -> VQGAN:
@@ -150,13 +151,16 @@ def test_topk_changes_the_matching_once_trained(tok: VQGAN) -> None:
 
 @pytest.mark.parametrize(
     "ch_mult,scale,lr_hw,token_hw",
-    [((1, 2, 4), 4, (12, 10), (12, 10)),  # f=4 x4: no resampling
-     ((1, 2, 4), 2, (12, 10), (6, 5)),  # f=4 x2: one downsampling
-     ((1, 2, 2, 4), 2, (12, 8), (3, 2)),  # f=8 x2: two downsamplings
-     ((1, 2), 4, (6, 5), (12, 10))],  # f=2 x4: one upsampling
+    [
+        ((1, 2, 4), 4, (12, 10), (12, 10)),  # f=4 x4: no resampling
+        ((1, 2, 4), 2, (12, 10), (6, 5)),  # f=4 x2: one downsampling
+        ((1, 2, 2, 4), 2, (12, 8), (3, 2)),  # f=8 x2: two downsamplings
+        ((1, 2), 4, (6, 5), (12, 10)),
+    ],  # f=2 x4: one upsampling
 )
-def test_any_factor_and_scale(ch_mult: tuple[int, ...], scale: int, lr_hw: tuple[int, int],
-                              token_hw: tuple[int, int]) -> None:
+def test_any_factor_and_scale(
+    ch_mult: tuple[int, ...], scale: int, lr_hw: tuple[int, int], token_hw: tuple[int, int]
+) -> None:
     tok = tiny_tokenizer(ch_mult)
     model = UGTSR.create(tok, scale=scale, preset="tiny", fusion_stages=tuple(range(1, len(ch_mult))))
     out = model(torch.rand(1, 3, *lr_hw), with_uncertainty=True)
@@ -267,5 +271,5 @@ def test_bridged_x2_encoder_computes_the_x4_encoder_on_pooled_features(tok: VQGA
     assert got.shape == want.shape
     assert torch.allclose(got, want, atol=1e-5)
     # the to_swin weights on the new (zero at first) channels stay random, so they can learn
-    extra = x2.encoder.to_swin.weight[:, e4.to_swin.weight.shape[1]:]
+    extra = x2.encoder.to_swin.weight[:, e4.to_swin.weight.shape[1] :]
     assert extra.abs().sum() > 0

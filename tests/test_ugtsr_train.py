@@ -1,4 +1,5 @@
 """UGTSR training stages on tiny batches (directly), plus one tiny run through the engine."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny_models import tiny_tokenizer
 
 from tokensr.errors import OptionError
 from tokensr.methods.ugtsr.model import UGTSR
 from tokensr.methods.ugtsr.train import ESUTask, UDLTask
-from tokensr.nn.vqgan import VQGAN, VQGANConfig
-from tiny_models import tiny_tokenizer
 
 TINY_D = {"type": "patch", "ndf": 8, "n_layers": 2}
 
@@ -44,8 +44,9 @@ def _steps(task: ESUTask | UDLTask, batch: dict[str, torch.Tensor], n: int, lr: 
 def stage1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A stage-I export after a few steps (its uncertainty head has learned something)."""
     torch.manual_seed(0)
-    task = ESUTask({"tokenizer": tiny_tokenizer(), "preset": "tiny",
-                    "losses": {"perceptual_loss": "tokenizer", "gan": 0}}, "cpu")
+    task = ESUTask(
+        {"tokenizer": tiny_tokenizer(), "preset": "tiny", "losses": {"perceptual_loss": "tokenizer", "gan": 0}}, "cpu"
+    )
     _steps(task, tiny_batch(), 4)
     out = tmp_path_factory.mktemp("ugtsr") / "stage1"
     task.export(str(out))
@@ -54,8 +55,15 @@ def stage1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_esu_stage_trains_and_learns_uncertainty() -> None:
     torch.manual_seed(0)
-    task = ESUTask({"tokenizer": tiny_tokenizer(), "preset": "tiny",
-                    "losses": {"perceptual_loss": "tokenizer", "gan": 0.1}, "discriminator": TINY_D}, "cpu")
+    task = ESUTask(
+        {
+            "tokenizer": tiny_tokenizer(),
+            "preset": "tiny",
+            "losses": {"perceptual_loss": "tokenizer", "gan": 0.1},
+            "discriminator": TINY_D,
+        },
+        "cpu",
+    )
     # the paper's stage I: nearest matching, no Align-Attention, an uncertainty head
     cfg = task.model.config
     assert cfg.top_k == 1 and not cfg.align_attention and task.model.uncertainty is not None
@@ -72,7 +80,7 @@ def test_esu_stage_trains_and_learns_uncertainty() -> None:
     before = [p.detach().clone() for p in head]
     values = _steps(task, batch, 8)
     assert values[-1] < values[0]
-    assert any(not torch.equal(a, b) for a, b in zip(before, head))
+    assert any(not torch.equal(a, b) for a, b in zip(before, head, strict=False))
 
 
 def test_udl_stage_from_stage_one(stage1: Path, tmp_path: Path) -> None:
@@ -98,8 +106,8 @@ def test_udl_stage_from_stage_one(stage1: Path, tmp_path: Path) -> None:
     est_before = [p.detach().clone() for p in est.parameters()]
     values = _steps(task, batch, 8)
     assert values[-1] < values[0]
-    assert all(torch.equal(a, b) for a, b in zip(head_before, model.uncertainty.parameters()))  # type: ignore[union-attr]
-    assert all(torch.equal(a, b) for a, b in zip(est_before, est.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(head_before, model.uncertainty.parameters(), strict=False))  # type: ignore[union-attr]
+    assert all(torch.equal(a, b) for a, b in zip(est_before, est.parameters(), strict=False))
     assert torch.allclose(task.uncertainty_map(batch["lr"]), s)
     _, logs = task.losses(batch, 9)
     assert "udl" in logs and "fused_cb_l2" in logs
@@ -167,13 +175,30 @@ def test_engine_runs_both_stages(tmp_path: Path) -> None:
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(photos / f"{i}.png")
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
     root = Path(__file__).resolve().parents[1] / "configs"
-    cfg = load_config(root / "ugtsr_esu_tiny.yaml", [
-        f"tokenizer={tmp_path / 'tok'}", f"data.root={photos}", f"run_dir={tmp_path / 'r1'}", "max_steps=2",
-        "val_every=2", "ckpt_every=2", "losses.disc_start=1"])
+    cfg = load_config(
+        root / "ugtsr_esu_tiny.yaml",
+        [
+            f"tokenizer={tmp_path / 'tok'}",
+            f"data.root={photos}",
+            f"run_dir={tmp_path / 'r1'}",
+            "max_steps=2",
+            "val_every=2",
+            "ckpt_every=2",
+            "losses.disc_start=1",
+        ],
+    )
     train(cfg)
-    cfg = load_config(root / "ugtsr_udl_tiny.yaml", [
-        f"init={tmp_path / 'r1' / 'export'}", f"data.root={photos}", f"run_dir={tmp_path / 'r2'}", "max_steps=2",
-        "val_every=2", "ckpt_every=2"])
+    cfg = load_config(
+        root / "ugtsr_udl_tiny.yaml",
+        [
+            f"init={tmp_path / 'r1' / 'export'}",
+            f"data.root={photos}",
+            f"run_dir={tmp_path / 'r2'}",
+            "max_steps=2",
+            "val_every=2",
+            "ckpt_every=2",
+        ],
+    )
     trainer = train(cfg)
     assert "val_match_final" in trainer.last_val
     model = UGTSR.from_pretrained(tmp_path / "r2" / "export")
@@ -184,9 +209,15 @@ def test_engine_runs_both_stages(tmp_path: Path) -> None:
 
 def test_codebook_warmup_trains_only_the_encoder() -> None:
     torch.manual_seed(0)
-    task = ESUTask({"tokenizer": tiny_tokenizer(), "preset": "tiny",
-                    "losses": {"perceptual_loss": "none", "gan": 0.1, "codebook_warmup": 2},
-                    "discriminator": TINY_D}, "cpu")
+    task = ESUTask(
+        {
+            "tokenizer": tiny_tokenizer(),
+            "preset": "tiny",
+            "losses": {"perceptual_loss": "none", "gan": 0.1, "codebook_warmup": 2},
+            "discriminator": TINY_D,
+        },
+        "cpu",
+    )
     batch = tiny_batch()
     losses, logs = task.losses(batch, 1)
     assert set(losses) == {"g"} and {"cb_l2", "cb_gram", "match_acc"} <= set(logs) and "l1" not in logs
@@ -201,9 +232,18 @@ def test_codebook_warmup_trains_only_the_encoder() -> None:
 def test_x2_stage_warm_starts_from_an_x4_export(stage1: Path) -> None:
     """``warm_start`` copies the shared weights of another scale's export (x2 from x4), here
     with the stage-I uncertainty head carried over and used frozen (``uncertainty_source: self``)."""
-    task = UDLTask({"tokenizer": tiny_tokenizer(), "warm_start": str(stage1), "scale": 2, "preset": "tiny",
-                    "uncertainty_source": "self", "model": {"uncertainty_head": True},
-                    "losses": {"perceptual_loss": "none", "gan": 0}}, "cpu")
+    task = UDLTask(
+        {
+            "tokenizer": tiny_tokenizer(),
+            "warm_start": str(stage1),
+            "scale": 2,
+            "preset": "tiny",
+            "uncertainty_source": "self",
+            "model": {"uncertainty_head": True},
+            "losses": {"perceptual_loss": "none", "gan": 0},
+        },
+        "cpu",
+    )
     source = UGTSR.from_pretrained(stage1).state_dict()
     own = task.model.state_dict()
     assert task.model.scale == 2
@@ -213,5 +253,13 @@ def test_x2_stage_warm_starts_from_an_x4_export(stage1: Path) -> None:
     values = _steps(task, tiny_batch(scale=2), 4)
     assert all(math.isfinite(v) for v in values)
     with pytest.raises(OptionError, match="warm_start"):
-        UDLTask({"tokenizer": tiny_tokenizer(seed=1), "warm_start": str(stage1), "scale": 2, "preset": "tiny",
-                 "losses": {"perceptual_loss": "none", "gan": 0}}, "cpu")
+        UDLTask(
+            {
+                "tokenizer": tiny_tokenizer(seed=1),
+                "warm_start": str(stage1),
+                "scale": 2,
+                "preset": "tiny",
+                "losses": {"perceptual_loss": "none", "gan": 0},
+            },
+            "cpu",
+        )

@@ -1,5 +1,6 @@
 """The VQGAN tokenizer: shapes (square and not), straight-through gradients, save/load, and
 the training task's model building (presets, overrides, init)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,16 @@ from tokensr.nn.vqgan import PRESETS, VQGAN, VQGANConfig
 from tokensr.train.tasks.vqgan import VQGANTask, model_config
 
 TINY = VQGANConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, mid_attention=False, code_dim=8, codebook_size=16)
-TINY_F4_ATTN = VQGANConfig(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(2,), mid_attention=True,
-                           code_dim=4, codebook_size=8, ema=False)
+TINY_F4_ATTN = VQGANConfig(
+    ch=8,
+    ch_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attn_levels=(2,),
+    mid_attention=True,
+    code_dim=4,
+    codebook_size=8,
+    ema=False,
+)
 
 
 @pytest.mark.parametrize("cfg", [TINY, TINY_F4_ATTN], ids=["f2", "f4-attn-legacy"])
@@ -100,13 +109,18 @@ def test_task_init_loads_strictly(tmp_path: Path) -> None:
         assert torch.equal(own[k], v), k
     assert set(task.modules()) == {"vqgan"}  # no discriminator with gan: 0
     # a model section whose sizes disagree with the folder's weights is refused
-    tiny = {"preset": "small", "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "mid_attention": False,
-            "code_dim": 8}
+    tiny = {"preset": "small", "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "mid_attention": False, "code_dim": 8}
     with pytest.raises(OptionError, match="do not fit the model section"):
         VQGANTask({"init": str(tmp_path / "boot"), "model": {**tiny, "codebook_size": 32}}, "cpu")
     # one that only changes weight-free options takes the weights into its own architecture
-    task = VQGANTask({"init": str(tmp_path / "boot"), "losses": {"gan": 0},
-                      "model": {**tiny, "codebook_size": 16, "min_group_channels": 4}}, "cpu")
+    task = VQGANTask(
+        {
+            "init": str(tmp_path / "boot"),
+            "losses": {"gan": 0},
+            "model": {**tiny, "codebook_size": 16, "min_group_channels": 4},
+        },
+        "cpu",
+    )
     assert task.model.config.min_group_channels == 4 and task.model.encoder.norm_out.num_groups == 4
     assert all(torch.equal(task.model.state_dict()[k], v) for k, v in src.state_dict().items())
     # a weight file missing a tensor fails (strict), it is not silently half-loaded
@@ -154,9 +168,15 @@ def test_decoder_only_training_keeps_the_tokens(tmp_path: Path) -> None:
     src = VQGAN(TINY).train()
     src(torch.rand(2, 3, 16, 16) * 2 - 1)  # initialise the EMA codebook
     src.save_pretrained(tmp_path / "boot")
-    task = VQGANTask({"init": str(tmp_path / "boot"), "trainable": "decoder",
-                      "losses": {"gan": 0.8, "feature_matching": 1.0, "disc_start": 0, "codebook": 0.0},
-                      "discriminator": {"type": "patch", "ndf": 4, "n_layers": 2}}, "cpu")
+    task = VQGANTask(
+        {
+            "init": str(tmp_path / "boot"),
+            "trainable": "decoder",
+            "losses": {"gan": 0.8, "feature_matching": 1.0, "disc_start": 0, "codebook": 0.0},
+            "discriminator": {"type": "patch", "ndf": 4, "n_layers": 2},
+        },
+        "cpu",
+    )
     groups = task.param_groups()
     g_params = {id(p) for p in groups["g"]}
     assert g_params == {id(p) for m in (task.model.decoder, task.model.post_quant_conv) for p in m.parameters()}

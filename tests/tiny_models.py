@@ -1,5 +1,6 @@
 """Tiny random networks and a fitting loop shared by the method tests (importable because
 pytest puts tests/ on sys.path)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,8 +15,7 @@ def tiny_tokenizer(seed: int = 0, ch_mult: tuple[int, ...] = (1, 2, 4), warm: bo
     eval mode. ``warm``: one forward in train mode first, so the EMA codebook holds real
     encoder outputs instead of its near-zero initialisation."""
     torch.manual_seed(seed)
-    tok = VQGAN(VQGANConfig(ch=8, ch_mult=ch_mult, num_res_blocks=1, mid_attention=False, code_dim=8,
-                            codebook_size=16))
+    tok = VQGAN(VQGANConfig(ch=8, ch_mult=ch_mult, num_res_blocks=1, mid_attention=False, code_dim=8, codebook_size=16))
     if warm:
         tok.train()
         with torch.no_grad():

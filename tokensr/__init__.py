@@ -1,9 +1,10 @@
 """tokensr: real-world image super-resolution with VQGAN codebooks and iterative token generation.
 
-    >>> import tokensr
-    >>> sr = tokensr.upscale("photo.jpg", method="bicubic", scale=4)   # returns a PIL image
-    >>> model = tokensr.load("bicubic")                                 # an SR method
+>>> import tokensr
+>>> sr = tokensr.upscale("photo.jpg", method="bicubic", scale=4)   # returns a PIL image
+>>> model = tokensr.load("bicubic")                                 # an SR method
 """
+
 from __future__ import annotations
 
 from typing import Any

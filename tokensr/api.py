@@ -8,6 +8,7 @@
 `upscale` returns the kind of image it was given: PIL in, PIL out (same mode family);
 numpy in, numpy out (same dtype and channel layout); a path in, a PIL image out.
 """
+
 from __future__ import annotations
 
 import json

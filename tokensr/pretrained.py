@@ -6,6 +6,7 @@ anything: configs are JSON and tensors are safetensors.
 
 Bundled weights live in ``tokensr/weights/<name>/`` and are found by name.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -118,15 +119,15 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(
-        cls: type[T], name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu",
+        cls: type[T],
+        name_or_path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
         strict: bool = True,
     ) -> T:
         folder = resolve(name_or_path)
         data = read_config(folder)
         if data.get("model_type", cls.model_type) != cls.model_type:
-            raise ValueError(
-                f"'{name_or_path}' holds a {data.get('model_type')} model, not {cls.model_type}"
-            )
+            raise ValueError(f"'{name_or_path}' holds a {data.get('model_type')} model, not {cls.model_type}")
         model = cls.from_config(data)
         weights = folder / WEIGHTS_NAME
         if weights.is_file():

@@ -91,7 +91,7 @@ def steps_plot(
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, metric in zip(axes.ravel(), metrics):
+    for ax, metric in zip(axes.ravel(), metrics, strict=False):
         for method, points in sorted(series[metric].items()):
             pts = sorted(points)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
@@ -132,7 +132,7 @@ def tradeoff_plot(
     if not usable or not points:
         return None
     fig, axes = plt.subplots(1, len(usable), figsize=(4 * len(usable), 3.2), squeeze=False)
-    for ax, metric in zip(axes[0], usable):
+    for ax, metric in zip(axes[0], usable, strict=False):
         for method, p in points.items():
             x, y = p.get("s_per_mp", math.nan), p.get(metric, math.nan)
             if math.isfinite(x) and math.isfinite(y) and x > 0:

@@ -1,5 +1,6 @@
 """The `tokensr` command. Each subcommand lives in its own module with
 ``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches."""
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ or a centre crop with ``--crop``), ``OUT/lr/<name>.png`` (exactly HR/scale) and
 every parameter drawn). Image ``i`` in name order uses seed ``seed + i``, so one image can
 be regenerated alone. All files are written atomically.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,18 @@ PARAMS_NAME = "degradation_params.json"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hr_dir", metavar="HR_DIR", help="folder of clean HR images")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder (gets hr/, lr/ and the params JSON)")
-    parser.add_argument("--pipeline", choices=DEGRADATIONS, default="realesrgan",
-                        help="degradation (default realesrgan)")
+    parser.add_argument(
+        "--pipeline", choices=DEGRADATIONS, default="realesrgan", help="degradation (default realesrgan)"
+    )
     parser.add_argument("--scale", type=int, choices=(2, 4), default=4, help="downscale factor (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; image i uses seed+i (default 0)")
-    parser.add_argument("--crop", type=int, default=None, metavar="N",
-                        help="centre-crop each HR to at most NxN first (N a multiple of the scale)")
+    parser.add_argument(
+        "--crop",
+        type=int,
+        default=None,
+        metavar="N",
+        help="centre-crop each HR to at most NxN first (N a multiple of the scale)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty OUT_DIR")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
 

@@ -1,4 +1,5 @@
 """`tokensr models [NAME]`: list the bundled models, or print one model's card."""
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ Works under torchrun for data-parallel training on several processes/GPUs::
 
 See docs/training.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,16 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML training config (see configs/)")
     parser.add_argument(
-        "overrides", nargs=argparse.REMAINDER, metavar="key=value",
+        "overrides",
+        nargs=argparse.REMAINDER,
+        metavar="key=value",
         help="override config values, e.g. max_steps=100 run_dir=runs/x data.root=photos/ optim.g.lr=2e-4",
     )
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest valid checkpoint in run_dir (start fresh if there is none)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest valid checkpoint in run_dir (start fresh if there is none)",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -53,5 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         where = trainer.export_dir
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in trainer.last_val.items())
-        print(f"trained to step {trainer.step}; model in {where}" + (f" ({metrics})" if metrics else ""), file=sys.stderr)
+        print(
+            f"trained to step {trainer.step}; model in {where}" + (f" ({metrics})" if metrics else ""), file=sys.stderr
+        )
     return 0

@@ -8,6 +8,7 @@ usage errors (bad options, unknown method or weights, CUDA asked for but missing
 ``--dry-run`` reads only the image headers and prints, per file, the output size, the
 estimated time and the estimated peak memory (`tokensr.inference.costs`); nothing is written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,53 +26,110 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add = parser.add_argument
     add("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (top level only, unless --recursive)")
-    add("-o", "--output", required=True, metavar="OUT",
-        help="output folder (created if needed), or an output file (.png/.jpg/.webp/.tif/.bmp) "
-        "for a single input file")
-    add("--method", default=None, choices=list(METHODS), metavar="NAME",
+    add(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output folder (created if needed), or an output file (.png/.jpg/.webp/.tif/.bmp) for a single input file",
+    )
+    add(
+        "--method",
+        default=None,
+        choices=list(METHODS),
+        metavar="NAME",
         help=f"SR method: {', '.join(METHODS)} (default: the best bundled one for the scale, "
-        f"{' > '.join(DEFAULT_PREFERENCE)} > {DEFAULT_METHOD}; or the one --weights is for)")
+        f"{' > '.join(DEFAULT_PREFERENCE)} > {DEFAULT_METHOD}; or the one --weights is for)",
+    )
     add("--weights", default=None, metavar="NAME_OR_PATH", help="bundled model name or weights folder")
     add("--scale", type=int, default=None, metavar="N", help="upscaling factor (default: the model's, else 4)")
-    add("--outscale", type=float, default=None, metavar="F",
+    add(
+        "--outscale",
+        type=float,
+        default=None,
+        metavar="F",
         help="final size factor, any number (e.g. 2.5 or 8): the method runs at its scale, then the "
-        "result is resized (area averaging to shrink, bicubic to enlarge)")
+        "result is resized (area averaging to shrink, bicubic to enlarge)",
+    )
     add("--suffix", default="", metavar="TEXT", help="add TEXT to every output name: photo_x4.png (default: none)")
-    add("--ext", default="png", metavar="EXT", help="output format in an output folder: png, jpg, webp, tif, bmp "
-        "(default: png)")
-    add("--recursive", action="store_true",
-        help="also upscale images in sub-folders of folder inputs; outputs mirror the folder tree")
-    add("--tile", type=int, default=None, metavar="PX",
-        help="LR tile side in pixels (default: 512-px tiles for images larger than that; 0 = one pass)")
+    add(
+        "--ext",
+        default="png",
+        metavar="EXT",
+        help="output format in an output folder: png, jpg, webp, tif, bmp (default: png)",
+    )
+    add(
+        "--recursive",
+        action="store_true",
+        help="also upscale images in sub-folders of folder inputs; outputs mirror the folder tree",
+    )
+    add(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="LR tile side in pixels (default: 512-px tiles for images larger than that; 0 = one pass)",
+    )
     add("--tile-overlap", type=int, default=16, metavar="PX", help="overlap between tiles (default: 16)")
     add("--tile-batch", type=int, default=1, metavar="N", help="tiles per forward pass (default: 1)")
     add("--device", default="cpu", metavar="DEVICE", help="cpu or cuda (default: cpu)")
     add("--fp16", action="store_true", help="half precision on CUDA (faster, less GPU memory); not on CPU")
     add("--seed", type=int, default=None, metavar="N", help="seed torch, numpy and random (for sampling methods)")
     add("--overwrite", action="store_true", help="replace existing output files (never an input file)")
-    add("--skip-existing", action="store_true",
-        help="skip inputs whose output file exists (resume an interrupted folder run)")
+    add(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose output file exists (resume an interrupted folder run)",
+    )
     add("--fail-log", default=None, metavar="FILE", help="write the failed inputs and their reasons to FILE")
-    add("--dry-run", action="store_true",
-        help="print each output's size, estimated time and peak memory; upscale nothing")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="print each output's size, estimated time and peak memory; upscale nothing",
+    )
     add("-q", "--quiet", action="store_true", help="only print warnings and errors (no progress bar)")
-    add("--max-pixels", type=int, default=None, metavar="N",
-        help="refuse inputs with more pixels (default: 50,000,000)")
+    add(
+        "--max-pixels", type=int, default=None, metavar="N", help="refuse inputs with more pixels (default: 50,000,000)"
+    )
     # Options forwarded to the method only when given (bicubic ignores them).
     add("--steps", type=int, default=None, metavar="N", help="token-generation steps (iterative methods)")
     add("--alpha", type=float, default=None, metavar="F", help="confidence threshold (ITER-style methods)")
-    add("--save-steps", nargs="?", const=True, default=None, metavar="DIR",
+    add(
+        "--save-steps",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="DIR",
         help="also save a figure of every step and its confidence map (iterative methods) "
-        "into DIR (default: a steps/ folder beside the outputs)")
-    add("--confidence", choices=("critic", "generator"), default=None,
-        help="RealSRT: which network scores the tokens (default: critic; generator = MaskGIT-style)")
-    add("--no-ccm", dest="ccm", action="store_false", default=None,
-        help="RealSRT: decode without the conditional controlling module")
-    add("--color-fix", choices=("wavelet", "adain", "none"), default=None,
-        help="token methods: correct colours towards the LR input (default: the method's, wavelet)")
-    add("--color-levels", type=int, default=None, metavar="N",
+        "into DIR (default: a steps/ folder beside the outputs)",
+    )
+    add(
+        "--confidence",
+        choices=("critic", "generator"),
+        default=None,
+        help="RealSRT: which network scores the tokens (default: critic; generator = MaskGIT-style)",
+    )
+    add(
+        "--no-ccm",
+        dest="ccm",
+        action="store_false",
+        default=None,
+        help="RealSRT: decode without the conditional controlling module",
+    )
+    add(
+        "--color-fix",
+        choices=("wavelet", "adain", "none"),
+        default=None,
+        help="token methods: correct colours towards the LR input (default: the method's, wavelet)",
+    )
+    add(
+        "--color-levels",
+        type=int,
+        default=None,
+        metavar="N",
         help="token methods: depth of the wavelet colour fix; fewer levels keep more of the LR "
-        "(fidelity), more keep more generated texture (default: the method's)")
+        "(fidelity), more keep more generated texture (default: the method's)",
+    )
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -236,8 +294,16 @@ def _dry_run(args: argparse.Namespace) -> int:
             continue
         one_pass = args.tile is None and args.save_steps  # as resolve_tile does for step figures
         tile = None if one_pass else resolve_tile(args.tile, header.height, header.width)
-        cost = estimate(method_name, header.width, header.height, scale, tile=tile,
-                        channels=header.channels, bit_depth=header.bit_depth, final=final)
+        cost = estimate(
+            method_name,
+            header.width,
+            header.height,
+            scale,
+            tile=tile,
+            channels=header.channels,
+            bit_depth=header.bit_depth,
+            final=final,
+        )
         if not note:
             total_seconds += cost.seconds
             peak = max(peak, cost.peak_bytes)

@@ -1,4 +1,5 @@
 """Training data: synthetic degradations (Real-ESRGAN, BSRGAN, BSRGAN-plus) and datasets."""
+
 from __future__ import annotations
 
 from tokensr.data.bsrgan import BSRGANConfig, BSRGANDegradation

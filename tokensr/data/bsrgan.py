@@ -18,6 +18,7 @@ speckle (p = 0.1), ISP (p = 0.1, skipped), JPEG, blur, resize, Gaussian noise, P
 speckle, ISP; fully shuffled with p = 0.5, else in this order with the four noise slots of
 each half shuffled among themselves; then a resize to the target size and a final JPEG.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,8 +83,14 @@ class BSRGANDegradation:
             size = int(rng.choice(np.asarray(cfg.blur_sizes)))
             theta = float(rng.uniform() * math.pi)
             k = covariance_gaussian_kernel(size, l1, l2, theta)
-            info: dict[str, Any] = {"op": "blur", "type": "aniso", "size": size, "lambda1": l1, "lambda2": l2,
-                                    "theta": theta}
+            info: dict[str, Any] = {
+                "op": "blur",
+                "type": "aniso",
+                "size": size,
+                "lambda1": l1,
+                "lambda2": l2,
+                "theta": theta,
+            }
         else:
             wd = 2.0 + 0.2 * sf
             size = int(rng.choice(np.asarray(cfg.blur_sizes)))
@@ -92,8 +99,9 @@ class BSRGANDegradation:
             info = {"op": "blur", "type": "iso", "size": size, "sigma": sigma}
         return ops.filter2d(img, k), info
 
-    def _gaussian_noise(self, rng: np.random.Generator, img: np.ndarray, multiplicative: bool = False
-                        ) -> tuple[np.ndarray, dict[str, Any]]:
+    def _gaussian_noise(
+        self, rng: np.random.Generator, img: np.ndarray, multiplicative: bool = False
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         cfg = self.cfg
         lo, hi = cfg.noise_level
         level = int(rng.integers(lo, hi + 1))

@@ -10,6 +10,7 @@
 
 Items are dicts of CHW float32 tensors in [0, 1].
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,6 +18,7 @@ import io
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,17 @@ def _single_thread_in_workers() -> None:
         _WORKER_CONFIGURED = True
 
 
+def excluded_names(exclude: str | os.PathLike[str] | Sequence[str]) -> set[str]:
+    """The file names an ``exclude`` option names: a list, or a text file of one name per line."""
+    if isinstance(exclude, (str, os.PathLike)):
+        path = Path(exclude)
+        if not path.is_file():
+            raise OptionError(f"exclude: no such file: {exclude}")
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+        return {line for line in lines if line}
+    return {Path(str(name)).name for name in exclude}
+
+
 class HRCropDataset(Dataset):
     """Random HR crops of a photo folder, optionally degraded on the fly to LR.
 
@@ -101,6 +114,8 @@ class HRCropDataset(Dataset):
             is refused.
         usm_hr: also return ``hr_usm``, the USM-sharpened HR that Real-ESRGAN uses as the
             target of its pixel and perceptual losses.
+        exclude: file names to leave out (e.g. a validation split): a list of names, or the
+            path of a text file with one name per line (``#`` starts a comment).
 
     Items: ``{"hr": 3xSxS, "lr": 3x(S/scale)x(S/scale) (with a degradation), "weight": ()}``.
     """
@@ -122,10 +137,14 @@ class HRCropDataset(Dataset):
         cache_variants: int = 1,
         recursive: bool = False,
         usm_hr: bool = False,
+        exclude: str | os.PathLike[str] | Sequence[str] | None = None,
     ) -> None:
         self.files = list_images(root, recursive=recursive)
+        if exclude is not None:
+            names = excluded_names(exclude)
+            self.files = [f for f in self.files if Path(f).name not in names]
         if not self.files:
-            raise ImageReadError(f"no images found in {root}")
+            raise ImageReadError(f"no images found in {root}" + (" (after exclude)" if exclude is not None else ""))
         if crop_size < 1:
             raise OptionError(f"crop_size must be positive, got {crop_size}")
         if degradation is not None and scale is None:

@@ -5,11 +5,13 @@ A degradation is a callable ``(hr, rng, scale) -> (lr, params)``: ``hr`` float32
 randomness), ``lr`` float32 (H/scale)x(W/scale)x3 on the 8-bit grid and ``params`` a
 JSON-serialisable dict of everything that was drawn.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -21,8 +23,9 @@ from tokensr.errors import OptionError
 class Degradation(Protocol):
     name: str
 
-    def __call__(self, hr: np.ndarray, rng: np.random.Generator, scale: int = 4) -> tuple[np.ndarray, dict[str, Any]]:
-        ...
+    def __call__(
+        self, hr: np.ndarray, rng: np.random.Generator, scale: int = 4
+    ) -> tuple[np.ndarray, dict[str, Any]]: ...
 
 
 # name -> (the config dataclass holding every range, the pipeline built from such a config)

@@ -4,6 +4,7 @@ Images are decoded by content (not extension) with Pillow, returned as uint8 HxW
 gray is repeated to three channels, alpha is dropped, 16-bit images are scaled to 8 bits.
 PNG outputs are written atomically (temp file + ``os.replace``).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,10 +28,7 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
     if not root.is_dir():
         raise ImageReadError(f"not a folder: {root}")
     it = root.rglob("*") if recursive else root.iterdir()
-    files = [
-        p for p in it
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    ]
+    files = [p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 

@@ -17,11 +17,13 @@ BSRGAN family: Gaussians given by their covariance eigenvalues, MATLAB-style ``f
 isotropic Gaussians, and a Gaussian shifted by (s - 1) / 2 pixels that aligns a later
 ``img[::s, ::s]`` decimation with the centre of each s x s block.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import special

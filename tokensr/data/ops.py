@@ -4,6 +4,7 @@ All functions take and return float32 HxWx3 RGB arrays (values nominally in [0, 
 randomness only from an explicit ``np.random.Generator``, so a pipeline is reproducible from
 its seed and safe to run in DataLoader workers. OpenCV does the heavy lifting for speed.
 """
+
 from __future__ import annotations
 
 import math

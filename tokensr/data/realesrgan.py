@@ -15,6 +15,7 @@ Differences from BasicSR, all deliberate: JPEG is real libjpeg at the integer qu
 (BasicSR uses a differentiable JPEG with a float quality), and each sample draws its own
 resize parameters (BasicSR draws them once per GPU batch).
 """
+
 from __future__ import annotations
 
 import math

@@ -11,6 +11,7 @@ Token-based generators decode through a codebook and often drift in colour or br
 
 Both take tensors ``[B, C, H, W]`` (any value range) and work on any device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -83,7 +84,10 @@ def wavelet_color_fix(content: torch.Tensor, style: torch.Tensor, levels: int = 
 
 
 def color_fix(
-    content: torch.Tensor, style: torch.Tensor, mode: str = "adain", levels: int = DEFAULT_WAVELET_LEVELS,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    mode: str = "adain",
+    levels: int = DEFAULT_WAVELET_LEVELS,
 ) -> torch.Tensor:
     """Apply the colour fix called ``mode`` ('adain', 'wavelet' or 'none'); ``levels`` is the
     wavelet pyramid's depth (ignored by the others)."""

@@ -15,10 +15,11 @@ an image of any size like this:
    so seams disappear and a pixel covered by identical patch outputs gets exactly that value;
 4. crop the padding away.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,13 @@ from tokensr.errors import OptionError
 PatchFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def gaussian_weights(height: int, width: int, var: float = 0.05,
-                     device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def gaussian_weights(
+    height: int,
+    width: int,
+    var: float = 0.05,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Centred Gaussian weight map ``[height, width]``; ``var`` is relative to the side (x/side)."""
 
     def axis(n: int) -> torch.Tensor:
@@ -90,7 +96,9 @@ def aggregate_patches(
     hp, wp = padded_length(h, patch, stride), padded_length(w, patch, stride)
     top, left = (hp - h) // 2, (wp - w) // 2
     padded = reflect_pad(lr, left, wp - w - left, top, hp - h - top)
-    boxes = [(k, i, j) for k in range(b) for i in patch_starts(hp, patch, stride) for j in patch_starts(wp, patch, stride)]
+    boxes = [
+        (k, i, j) for k in range(b) for i in patch_starts(hp, patch, stride) for j in patch_starts(wp, patch, stride)
+    ]
     ps = patch * scale
     weight = gaussian_weights(ps, ps, var, device=lr.device)
     canvas: torch.Tensor | None = None
@@ -103,7 +111,7 @@ def aggregate_patches(
             raise ValueError(f"patch function returned {tuple(y.shape)}, expected [{len(chunk)}, C, {ps}, {ps}]")
         if canvas is None:
             canvas = torch.zeros(b, y.shape[1], hp * scale, wp * scale, device=lr.device)
-        for (k, i, j), yk in zip(chunk, y):
+        for (k, i, j), yk in zip(chunk, y, strict=False):
             canvas[k, :, i * scale : i * scale + ps, j * scale : j * scale + ps] += yk * weight
             if k == 0:
                 wsum[0, 0, i * scale : i * scale + ps, j * scale : j * scale + ps] += weight

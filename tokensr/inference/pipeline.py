@@ -25,6 +25,7 @@ one output silently replacing another: each of them is named ``<stem>_<ext>.png`
 (``a_jpg.png``, ``a_png.png``), and if that still clashes a counter is added
 (``a_png-2.png``). Comparison ignores case, for case-insensitive file systems.
 """
+
 from __future__ import annotations
 
 import logging
@@ -123,8 +124,9 @@ def upscale_image(
     run_on = torch.device(device) if device is not None else method_device(method)
     lr = torch.from_numpy(np.ascontiguousarray(loaded.rgb)).permute(2, 0, 1)[None]
     use_tile = resolve_tile(tile, loaded.height, loaded.width, method)
-    sr = upscale_tiled(method, lr, tile=use_tile, overlap=overlap, batch=batch, device=run_on, quiet=quiet,
-                       progress=progress)
+    sr = upscale_tiled(
+        method, lr, tile=use_tile, overlap=overlap, batch=batch, device=run_on, quiet=quiet, progress=progress
+    )
     rgb = sr[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
     if loaded.grayscale:
         # The method ran on three equal channels; collapse its output back to one.
@@ -324,6 +326,7 @@ def _scan_folder(folder: Path, recursive: bool, skip_keys: set[str]) -> list[Inp
 def output_names(files: Sequence[Path], suffix: str = ".png", tag: str = "") -> list[str]:
     """Output file names ``<stem><tag><suffix>`` for ``files`` (see the module docstring for
     how clashes are resolved)."""
+
     def key(name: str) -> str:
         return name.casefold()
 
@@ -366,8 +369,7 @@ def plan_outputs(
                 raise OptionError(f"--suffix and --ext name files in an output folder; '{out}' is a file name")
             return [out_path]
         raise OptionError(
-            f"output '{out}' is a file name, but a folder or several images were given; "
-            "give an output folder instead"
+            f"output '{out}' is a file name, but a folder or several images were given; give an output folder instead"
         )
     if out_path.exists() and not out_path.is_dir():
         raise OptionError(f"output '{out}' exists and is not a folder")
@@ -466,8 +468,9 @@ def upscale_files(
             check_output_size(dst, *final)
             if hasattr(method, "figure_name"):  # methods that save per-image figures name them after the input
                 method.figure_name = src.stem
-            result = render_image(loaded, method, tile=tile, overlap=overlap, batch=batch, device=device,
-                                  progress=bar, fp16=fp16)
+            result = render_image(
+                loaded, method, tile=tile, overlap=overlap, batch=batch, device=device, progress=bar, fp16=fp16
+            )
             _close(bar)
             result = resize_pixels(result, *final)
             write_image(result, dst, overwrite=overwrite, protect=protect)
@@ -490,7 +493,14 @@ def upscale_files(
         if not quiet:
             log.info(
                 "[%d/%d] %s -> %s (%dx%d -> %dx%d, %.1fs)",
-                i, len(pairs), src, dst, loaded.width, loaded.height, result.width, result.height,
+                i,
+                len(pairs),
+                src,
+                dst,
+                loaded.width,
+                loaded.height,
+                result.width,
+                result.height,
                 time.perf_counter() - t0,
             )
     _report(summary, quiet, time.perf_counter() - started)

@@ -26,6 +26,7 @@ which can turn it into uint8 or write it out. Peak float memory is then about
 
 Progress: ``progress(done, total)`` is called after every batch of tiles (``total`` tiles).
 """
+
 from __future__ import annotations
 
 import math
@@ -117,9 +118,9 @@ def tile_count(method: SRMethod, height: int, width: int, tile: int | None, over
     return len(tile_starts(ph, min(tile, ph), overlap)) * len(tile_starts(pw, min(tile, pw), overlap))
 
 
-def _axis_profile(size: int, tile: int, starts: list[int], ramp: torch.Tensor, scale: int) -> tuple[
-    list[torch.Tensor], torch.Tensor
-]:
+def _axis_profile(
+    size: int, tile: int, starts: list[int], ramp: torch.Tensor, scale: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Per-tile windows along one axis (output pixels) and their sum over the whole axis."""
     windows = [_axis_window(tile * scale, ramp, s > 0, s + tile < size) for s in starts]
     total = torch.zeros(size * scale, dtype=torch.float32, device=ramp.device)
@@ -268,6 +269,7 @@ def upscale_tiled(
     with ProgressBar() as bar:
         upscale_tiled_rows(method, lr, keep, tile, overlap, batch, device=device, progress=bar)
     return out
+
 
 __all__ = [
     "MIN_TILE",

@@ -16,6 +16,7 @@ The ownership is separable: ``owner_rows[i]`` is the start of the window that ow
 ``owner_cols[j]`` likewise, and token ``(i, j)`` comes from window ``(owner_rows[i],
 owner_cols[j])``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 See `tokensr.io.read` and `tokensr.io.write` for the rules (formats, bit depth, alpha, ICC,
 EXIF orientation, pixel limit, atomic and non-clobbering writes).
 """
+
 from __future__ import annotations
 
 from tokensr.io.loaded import LoadedImage, PixelImage, float_to_uint, uint_to_float

@@ -8,6 +8,7 @@ PNG is written *streaming*: `write_png` filters, compresses and writes a few meg
 rows at a time to an open file, so encoding a 400-megapixel result needs no second copy of
 it (Pillow would first copy an RGB image into 4 bytes per pixel, then hold the whole file).
 """
+
 from __future__ import annotations
 
 import io
@@ -115,8 +116,7 @@ def encode_tiff16(pixels: np.ndarray, icc_profile: bytes | None = None, level: i
     row_bytes = w * c * 2
     rows_per_strip = max(1, min(h, (1 << 20) // row_bytes))
     strips = [
-        zlib.compress(diff[s : s + rows_per_strip].astype("<u2").tobytes(), level)
-        for s in range(0, h, rows_per_strip)
+        zlib.compress(diff[s : s + rows_per_strip].astype("<u2").tobytes(), level) for s in range(0, h, rows_per_strip)
     ]
 
     # Layout: header | strips | out-of-line values | IFD.

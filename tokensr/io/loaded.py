@@ -9,6 +9,7 @@ ever see the RGB part.
 is written in, ready to encode. A big result is built straight into one of these, strip by
 strip, so it never exists as float32 (four times the bytes).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace

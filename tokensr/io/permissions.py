@@ -5,6 +5,7 @@ chmod-ing it to :data:`NEW_FILE_MODE` before the rename gives outputs, checkpoin
 the same permissions as any file the user's shell would create. The umask is read once, at
 import (reading it means setting it, so it is set straight back).
 """
+
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ first frame, with a warning.
 `probe_image` reads only the header: size (after EXIF rotation), channels and bit depth of
 the output, for cost estimates before any pixel is decoded.
 """
+
 from __future__ import annotations
 
 import io

@@ -16,6 +16,7 @@ so a crash never leaves a half-written image under the final name. An existing f
 replaced with ``overwrite=True``; a file the image was read from (or any path in ``protect``)
 is never replaced, not even then.
 """
+
 from __future__ import annotations
 
 import io

@@ -3,6 +3,7 @@
 Nothing registers itself at import time; modules are imported only when their method is
 asked for, so `tokensr upscale --method bicubic` never loads a transformer.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -67,8 +68,6 @@ def build_method(
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("tokensr"):
             raise OptionError(f"method '{name}' is not available in this version of tokensr") from e
-        raise OptionError(
-            f"method '{name}' needs the package '{e.name}' (try: pip install 'tokensr[peers]')"
-        ) from e
+        raise OptionError(f"method '{name}' needs the package '{e.name}' (try: pip install 'tokensr[peers]')") from e
     factory = getattr(module, func_name)
     return factory(scale=scale, weights=weights, device=device, **options)  # type: ignore[no-any-return]

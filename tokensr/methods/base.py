@@ -4,6 +4,7 @@ A method is a callable on RGB tensors in [0, 1]: ``[B, 3, h, w] -> [B, 3, h*scal
 Image files, alpha, grayscale, 16-bit data and tiling are handled outside it
 (``tokensr.inference.pipeline``), so a method only ever sees float RGB batches.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable

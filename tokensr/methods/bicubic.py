@@ -3,6 +3,7 @@
 It has no weights and no options; options meant for other methods (``steps``, ``alpha``, ...)
 are accepted and ignored so that one command line works for every method.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """What every learned method's factory shares: finding and checking its saved weights, and
 turning option values (which arrive from the CLI or the benchmark as strings) into numbers."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

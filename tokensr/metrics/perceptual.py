@@ -188,7 +188,7 @@ class LPIPS(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distance per image for ``[B, 3, H, W]`` batches in [0, 1]."""
         total = torch.zeros(x.shape[0], device=x.device)
-        for fx, fy, lin in zip(self._activations(x), self._activations(y), self.lins):
+        for fx, fy, lin in zip(self._activations(x), self._activations(y), self.lins, strict=False):
             nx = fx / (fx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             ny = fy / (fy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             total = total + lin((nx - ny) ** 2).mean(dim=(1, 2, 3))
@@ -262,7 +262,7 @@ class DISTS(nn.Module):
         alphas = torch.split(self.alpha / total_w, list(self.CHANNELS), dim=1)
         betas = torch.split(self.beta / total_w, list(self.CHANNELS), dim=1)
         texture = structure = torch.zeros(x.shape[0], device=x.device)
-        for fx, fy, a, b in zip(self._activations(x), self._activations(y), alphas, betas):
+        for fx, fy, a, b in zip(self._activations(x), self._activations(y), alphas, betas, strict=False):
             mx, my = fx.mean((2, 3), keepdim=True), fy.mean((2, 3), keepdim=True)
             vx, vy = ((fx - mx) ** 2).mean((2, 3), keepdim=True), ((fy - my) ** 2).mean((2, 3), keepdim=True)
             cov = (fx * fy).mean((2, 3), keepdim=True) - mx * my

@@ -4,6 +4,7 @@ GroupNorm + swish pre-activation ResNet blocks, a single-head spatial self-atten
 strided down/up-sampling convolutions, and :func:`zero_module` for layers that must start as
 a no-op (a new branch added to a trained network).
 """
+
 from __future__ import annotations
 
 import torch

@@ -12,6 +12,7 @@ logits, for pix2pixHD's discriminator feature-matching loss
 (:func:`tokensr.nn.losses.feature_matching_loss`), a perceptual term that needs no ImageNet
 weights.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -60,7 +61,11 @@ class NLayerDiscriminator(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "batch",
+        self,
+        in_channels: int = 3,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm: str = "batch",
         use_spectral_norm: bool = False,
     ) -> None:
         super().__init__()

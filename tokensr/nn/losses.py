@@ -14,14 +14,15 @@
 Per-sample losses return ``[B]`` so callers can weight samples (the datasets down-weight
 flat crops); reduce with :func:`weighted_mean`.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +107,11 @@ def ms_ssim_levels(size: int, win: int = 11, max_levels: int = len(MS_SSIM_WEIGH
 
 
 def ms_ssim(
-    x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win: int = 11, sigma: float = 1.5,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    win: int = 11,
+    sigma: float = 1.5,
     weights: Sequence[float] = MS_SSIM_WEIGHTS,
 ) -> torch.Tensor:
     """Multi-scale SSIM per sample, ``[B]``, in [0, 1] (1 = identical).
@@ -175,7 +180,7 @@ class PerceptualLoss(nn.Module):
                 "give its path (perceptual_vgg / vgg path) or set TOKENSR_VGG19=FILE"
             )
         self.vgg = VGG19Features(layers, path, tuple(input_range))  # type: ignore[arg-type]
-        self.layer_weights = dict(zip(layers, (float(w) for w in layer_weights)))
+        self.layer_weights = dict(zip(layers, (float(w) for w in layer_weights), strict=False))
         self.criterion = criterion
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -194,7 +199,10 @@ class PerceptualLoss(nn.Module):
 
 
 def build_perceptual(
-    spec: Any = "auto", *, input_range: tuple[float, float] = (-1.0, 1.0), criterion: str = "l1",
+    spec: Any = "auto",
+    *,
+    input_range: tuple[float, float] = (-1.0, 1.0),
+    criterion: str = "l1",
     substitute: nn.Module | None = None,
 ) -> nn.Module | None:
     """The perceptual term from a config value (a module returning ``[B]``), or None when off.
@@ -245,7 +253,7 @@ def feature_matching_loss(fake_feats: Sequence[torch.Tensor], real_feats: Sequen
     Needs no pretrained network, so it serves as the perceptual term where no VGG weights are."""
     if len(fake_feats) != len(real_feats) or len(fake_feats) < 2:
         raise ValueError("feature matching needs the same >= 2 discriminator outputs for fake and real")
-    hidden = list(zip(fake_feats[:-1], real_feats[:-1]))
+    hidden = list(zip(fake_feats[:-1], real_feats[:-1], strict=False))
     total = torch.zeros(fake_feats[0].shape[0], device=fake_feats[0].device, dtype=torch.float32)
     for f, r in hidden:
         total = total + (f.float() - r.detach().float()).abs().flatten(1).mean(1)
@@ -339,7 +347,10 @@ class ImageLoss(nn.Module):
         return self.discriminator is not None and step >= self.disc_start
 
     def reconstruction(
-        self, out: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None,
+        self,
+        out: torch.Tensor,
+        target: torch.Tensor,
+        sample_weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted sum of the reconstruction terms (a scalar) and each term's batch mean."""
         out32 = out.float()
@@ -409,13 +420,16 @@ class ImageLoss(nn.Module):
             real_logits = disc(real)
         fake_d = disc(fake.detach())
         d = hinge_d_loss(real_logits, fake_d)
-        logs.update(d_hinge=d.item(), logits_real=real_logits.float().mean().item(),
-                    logits_fake=fake_d.float().mean().item())
+        logs.update(
+            d_hinge=d.item(), logits_real=real_logits.float().mean().item(), logits_fake=fake_d.float().mean().item()
+        )
         return ImageLossOutput(nll, g, d, logs)
 
 
 # --- vector quantisation ------------------------------------------------------------------------
-def codebook_loss(z: torch.Tensor, z_q: torch.Tensor, beta: float = 0.25, learned_codebook: bool = True) -> torch.Tensor:
+def codebook_loss(
+    z: torch.Tensor, z_q: torch.Tensor, beta: float = 0.25, learned_codebook: bool = True
+) -> torch.Tensor:
     """VQ-VAE loss: ``||sg(z) - z_q||^2`` (moves the codes; left out for an EMA codebook)
     plus ``beta * ||z - sg(z_q)||^2`` (commits the encoder). ``z_q`` is the raw code lookup
     (before the straight-through trick)."""

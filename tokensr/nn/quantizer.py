@@ -16,6 +16,7 @@ methods that match features to several codes (UGTSR's Top-k matching).
 Under DDP the EMA statistics are all-reduced, and the first-batch initialisation and dead-code
 restarts are broadcast from rank 0 so every rank keeps an identical codebook.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -94,11 +95,7 @@ class VectorQuantizer(nn.Module):
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code (squared Euclidean distance) for each row of ``flat``."""
         codes = self.codebook
-        dist2 = (
-            flat.pow(2).sum(1, keepdim=True)
-            - 2.0 * flat @ codes.t()
-            + codes.pow(2).sum(1)[None, :]
-        )
+        dist2 = flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codes.t() + codes.pow(2).sum(1)[None, :]
         return dist2.argmin(dim=1)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 Used by ITER's VQGAN/LQ encoder/refinement networks and UGTSR's LQ encoder. Inputs of any
 size work: the map is padded to a multiple of the window and cropped back.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,7 +47,7 @@ class WindowAttention(nn.Module):
         attn_bias = bias.unsqueeze(0)  # [1, heads, n, n]
         if mask is not None:  # [nW, n, n] of 0 / -inf, repeated over the batch
             nw = mask.shape[0]
-            attn_bias = (attn_bias.view(1, 1, self.heads, n, n) + mask.view(1, nw, 1, n, n))
+            attn_bias = attn_bias.view(1, 1, self.heads, n, n) + mask.view(1, nw, 1, n, n)
             attn_bias = attn_bias.expand(bw // nw, -1, -1, -1, -1).reshape(bw, self.heads, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype))
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))

@@ -12,6 +12,7 @@
 
 Sequences are ``[B, N, dim]`` throughout; nothing here assumes a device.
 """
+
 from __future__ import annotations
 
 import math

@@ -11,11 +11,12 @@ torchvision needs no configuration.
 Layers are named as in the VGG paper (``conv3_4``, ``relu3_4``, ``pool3``); the module's
 ``features`` follows torchvision's numbering so its state dict keys match the file.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -63,7 +64,9 @@ def find_vgg19(path: str | os.PathLike[str] | None = None) -> Path | None:
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise VGGWeightsError(f"VGG19 weights not found: {p} (a torchvision vgg19 state dict, e.g. {VGG19_FILES[0]})")
+            raise VGGWeightsError(
+                f"VGG19 weights not found: {p} (a torchvision vgg19 state dict, e.g. {VGG19_FILES[0]})"
+            )
         return p
     env = os.environ.get(ENV_FILE)
     if env:
@@ -102,7 +105,9 @@ class VGG19Features(nn.Module):
         names = layer_names()
         unknown = [n for n in layers if n not in names]
         if unknown or not layers:
-            raise OptionError(f"unknown VGG19 layer '{unknown[0] if unknown else ''}' (e.g. {', '.join(names[:4])}, ...)")
+            raise OptionError(
+                f"unknown VGG19 layer '{unknown[0] if unknown else ''}' (e.g. {', '.join(names[:4])}, ...)"
+            )
         self.layers = tuple(layers)
         self._index = {n: names.index(n) for n in self.layers}
         last = max(self._index.values())
@@ -139,7 +144,7 @@ class VGG19Features(nn.Module):
         if not isinstance(state, dict):
             raise VGGWeightsError(f"{p}: expected a state dict, got {type(state).__name__}")
         own = self.features.state_dict()
-        sub = {k[len("features."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("features.")}
+        sub = {k[len("features.") :]: v for k, v in state.items() if isinstance(k, str) and k.startswith("features.")}
         missing = [k for k in own if k not in sub]
         if missing:
             raise VGGWeightsError(f"{p}: not a torchvision VGG19 state dict (no features.{missing[0]})")

@@ -7,6 +7,7 @@ The decoder is written as explicit stages (``conv_in``, ``mid``, ``up[i]``, ``no
 ``conv_out``) so methods that inject features into it (UGTSR's multi-scale fusion,
 RealSRT's conditional controlling module) can walk the same stages.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,10 +47,19 @@ class VQGANConfig:
 
 # Named presets. `paper` follows RealSRT's public tokenizer; `small` is sized for CPU training.
 PRESETS: dict[str, VQGANConfig] = {
-    "paper": VQGANConfig(ch=128, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_levels=(3,),
-                         code_dim=256, codebook_size=512),
-    "small": VQGANConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_levels=(),
-                         mid_attention=False, code_dim=64, codebook_size=1024, min_group_channels=8),
+    "paper": VQGANConfig(
+        ch=128, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_levels=(3,), code_dim=256, codebook_size=512
+    ),
+    "small": VQGANConfig(
+        ch=32,
+        ch_mult=(1, 2, 4),
+        num_res_blocks=1,
+        attn_levels=(),
+        mid_attention=False,
+        code_dim=64,
+        codebook_size=1024,
+        min_group_channels=8,
+    ),
 }
 
 
@@ -84,7 +94,7 @@ class Encoder(nn.Module):
         """Bottleneck features before the output projection, ``[B, ch*ch_mult[-1], H/f, W/f]``."""
         h = self.conv_in(x)
         for stage in self.down:
-            for block, attn in zip(stage.blocks, stage.attn):
+            for block, attn in zip(stage.blocks, stage.attn, strict=False):
                 h = attn(block(h))
             h = stage.downsample(h)
         return self.mid(h)
@@ -122,7 +132,7 @@ class Decoder(nn.Module):
 
     def run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
         stage = self.up[i]
-        for block, attn in zip(stage.blocks, stage.attn):
+        for block, attn in zip(stage.blocks, stage.attn, strict=False):
             h = attn(block(h))
         return stage.upsample(h)
 

@@ -5,6 +5,7 @@ configs (:mod:`tokensr.train.config`); each method's stages are tasks
     >>> from tokensr.train import load_config, train
     >>> train(load_config("configs/vqgan_tiny.yaml", ["data.root=photos/", "max_steps=3"]))
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -36,6 +36,7 @@ codebook must never move, dropout never fires). :meth:`TaskBase.freeze` sets bot
 start of every ``losses`` and ``validate``, since the engine switches modules' modes around
 validation and export.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
@@ -46,6 +47,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from tokensr.errors import OptionError
 from tokensr.nn.losses import ImageLoss
 from tokensr.train.batches import Inputs, ValSettings, batch_inputs, crop_dataset, validation_batch
 from tokensr.train.options import DEPRECATED_KEYS, check_keys, loss_weights, rename_deprecated, section
@@ -57,6 +59,33 @@ def freeze(*modules: nn.Module | None) -> None:
         if m is not None:
             m.requires_grad_(False)
             m.eval()
+
+
+def load_discriminator(disc: nn.Module, path: str) -> None:
+    """Warm-start ``disc`` from ``path``: a tokensr training checkpoint (``.pt``, its
+    ``discriminator`` module) or a safetensors file of the discriminator alone. The
+    ``discriminator.init`` option of any task with a GAN term; a discriminator that already
+    knows what decoded images look like saves the first few hundred steps of a CPU run."""
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise OptionError(f"discriminator.init: no such file: {path}")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(file))
+        else:
+            ckpt = torch.load(str(file), map_location="cpu", weights_only=True)
+            modules = ckpt.get("modules", {}) if isinstance(ckpt, dict) else {}
+            if "discriminator" not in modules:
+                raise OptionError(f"discriminator.init: {path} is not a training checkpoint with a discriminator")
+            state = modules["discriminator"]
+        disc.load_state_dict(state)
+    except (RuntimeError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OptionError(f"discriminator.init: {path} does not fit this discriminator ({first})") from e
 
 
 def trainable_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
@@ -168,8 +197,9 @@ class TaskBase:
     # --- data ---------------------------------------------------------------------------------
     def dataset(self, data: Mapping[str, Any], **overrides: Any) -> Dataset[Any]:
         """Crops of ``data`` at this task's crop size and scale."""
-        return crop_dataset(data, self.crop_size(data), self.data_scale(), task=self.name,
-                            degradation=self.degradation, **overrides)
+        return crop_dataset(
+            data, self.crop_size(data), self.data_scale(), task=self.name, degradation=self.degradation, **overrides
+        )
 
     def train_dataset(self) -> Dataset[Any]:
         return self.dataset(section(self.cfg, "data"))
@@ -177,8 +207,7 @@ class TaskBase:
     def validation_batch(self) -> dict[str, torch.Tensor] | None:
         """The fixed validation crops on the device (None when there is no data root)."""
         if self.val_batch is None:
-            self.val_batch = validation_batch(section(self.cfg, "data"), self.val, self.dataset,
-                                              self.val_batch_keys)
+            self.val_batch = validation_batch(section(self.cfg, "data"), self.val, self.dataset, self.val_batch_keys)
             if self.val_batch is None:
                 return None
         return {k: v.to(self.device) for k, v in self.val_batch.items()}
@@ -188,8 +217,12 @@ class TaskBase:
 
     # --- image loss -----------------------------------------------------------------------------
     def image_loss(
-        self, weights: Mapping[str, Any], *, input_range: tuple[float, float],
-        perceptual: nn.Module | None = None, discriminator: Mapping[str, Any] | None = None,
+        self,
+        weights: Mapping[str, Any],
+        *,
+        input_range: tuple[float, float],
+        perceptual: nn.Module | None = None,
+        discriminator: Mapping[str, Any] | None = None,
     ) -> ImageLoss:
         """The task's :class:`ImageLoss`, also kept as ``self.loss`` (and its discriminator as
         ``self.discriminator``). The discriminator (when ``weights["gan"] > 0``) comes from the
@@ -198,12 +231,15 @@ class TaskBase:
         if float(weights.get("gan", 0.0)) > 0:
             from tokensr.nn.discriminator import build_discriminator
 
-            disc = build_discriminator(section(self.cfg, "discriminator") or dict(discriminator or {"type": "patch"}))
+            settings = dict(section(self.cfg, "discriminator") or dict(discriminator or {"type": "patch"}))
+            init = settings.pop("init", None)
+            disc = build_discriminator(settings)
+            if init is not None:
+                load_discriminator(disc, str(init))
             disc = disc.to(self.device).train()
         self.loss = ImageLoss(weights, input_range=input_range, perceptual=perceptual, discriminator=disc)
         self.discriminator = self.loss.discriminator
         return self.loss.to(self.device)
-
 
 
 __all__ = ["TaskBase", "freeze", "trainable_parameters"]

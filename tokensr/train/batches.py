@@ -13,6 +13,7 @@
   per-sample weight ``sample_weight`` ``[B]`` (the datasets down-weight flat crops).
 - :func:`image_strip` lays the first images of a batch side by side for the saved figure.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -53,8 +54,13 @@ def batch_inputs(batch: Mapping[str, torch.Tensor], device: torch.device) -> Inp
 
 
 def crop_dataset(
-    data: Mapping[str, Any], crop_size: int, scale: int | None = None, *, task: str,
-    degradation: str | None = None, **overrides: Any,
+    data: Mapping[str, Any],
+    crop_size: int,
+    scale: int | None = None,
+    *,
+    task: str,
+    degradation: str | None = None,
+    **overrides: Any,
 ) -> Dataset[Any]:
     """An :class:`~tokensr.data.datasets.HRCropDataset` of ``crop_size`` HR crops (with LR
     partners when ``scale`` is given) from a ``data`` section; ``degradation`` is the task's
@@ -90,8 +96,9 @@ class ValSettings:
     data: dict[str, Any] = field(default_factory=dict)  # deprecated val_data: data settings for validation
 
     @classmethod
-    def parse(cls, section: Mapping[str, Any] | None, extra_keys: tuple[str, ...] = (),
-              count: int = 4, images: int = 4) -> ValSettings:
+    def parse(
+        cls, section: Mapping[str, Any] | None, extra_keys: tuple[str, ...] = (), count: int = 4, images: int = 4
+    ) -> ValSettings:
         """Check and read a ``val`` section; ``count``/``images`` are the task's defaults."""
         given = dict(section or {})
         old = given.pop("data", None)  # from the deprecated val_data (see tokensr.train.options)
@@ -101,8 +108,11 @@ class ValSettings:
             given.setdefault("root", data.pop("root", None))
             given.setdefault("crop_size", data.pop("crop_size", None))
             if data:
-                warnings.warn(f"val_data settings {sorted(data)} override data for validation; "
-                              "val takes only root and crop_size", ConfigDeprecationWarning, stacklevel=2)
+                warnings.warn(
+                    f"val_data settings {sorted(data)} override data for validation; val takes only root and crop_size",
+                    ConfigDeprecationWarning,
+                    stacklevel=2,
+                )
         crop = given.get("crop_size")
         return cls(
             root=given.get("root"),
@@ -125,7 +135,9 @@ class ValSettings:
 
 
 def validation_batch(
-    data: Mapping[str, Any], val: ValSettings, dataset: Callable[..., Dataset[Any]],
+    data: Mapping[str, Any],
+    val: ValSettings,
+    dataset: Callable[..., Dataset[Any]],
     keys: tuple[str, ...] = ("hr", "lr"),
 ) -> dict[str, torch.Tensor] | None:
     """``val.count`` fixed crops stacked per key (on the CPU), or None without a data root.

@@ -11,6 +11,7 @@ A checkpoint holds every task module's state, the optimizers, the AMP grad scale
 weights, the step, the data position (epoch and batches consumed in it) and the random
 number generator states of every rank (torch CPU and CUDA, NumPy, Python).
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,7 +60,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     npd = state["numpy"]
     np.random.set_state(
-        ("MT19937", npd["keys"].numpy().astype(np.uint32), int(npd["pos"]), int(npd["has_gauss"]), float(npd["cached_gaussian"]))
+        (
+            "MT19937",
+            npd["keys"].numpy().astype(np.uint32),
+            int(npd["pos"]),
+            int(npd["has_gauss"]),
+            float(npd["cached_gaussian"]),
+        )
     )
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
@@ -112,11 +119,15 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
     """The newest readable checkpoint in ``folder`` (damaged ones are skipped with a warning)."""
-    for step, path in reversed(list_checkpoints(folder)):
+    for _step, path in reversed(list_checkpoints(folder)):
         try:
             return path, load_checkpoint(path, map_location)
         except Exception as e:  # truncated zip, foreign file, ...
-            log.warning("skipping unreadable checkpoint %s (%s)", path.name, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            log.warning(
+                "skipping unreadable checkpoint %s (%s)",
+                path.name,
+                str(e).splitlines()[0] if str(e) else type(e).__name__,
+            )
     return None
 
 

@@ -16,6 +16,7 @@ resolved against the config file's folder when that path exists there; otherwise
 written, i.e. relative to the current directory. Values given on the command line are never
 rewritten. ``engine.run_dir`` is always relative to the current directory.
 """
+
 from __future__ import annotations
 
 import copy

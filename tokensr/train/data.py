@@ -13,9 +13,11 @@ also take ``dataset[(epoch, index)]`` (``accepts_epoch_index``) are served by on
 whose workers persist across epochs, so their caches (HRCropDataset's decoded photos) stay
 warm instead of being rebuilt by new workers every epoch.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +29,9 @@ from tokensr.errors import OptionError
 class ShardSampler(Sampler[int]):
     """Indices of one rank's shard of one epoch, from ``start`` on."""
 
-    def __init__(self, length: int, rank: int, world: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self, length: int, rank: int, world: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True
+    ) -> None:
         self.length, self.rank, self.world = length, rank, world
         self.seed, self.epoch, self.start, self.shuffle = seed, epoch, start, shuffle
 
@@ -61,8 +65,15 @@ class DataStream:
     """Endless batches for one rank with a saveable position."""
 
     def __init__(
-        self, dataset: Dataset[Any], batch_size: int, rank: int, world: int, seed: int,
-        num_workers: int = 0, pin_memory: bool = False, shuffle: bool = True,
+        self,
+        dataset: Dataset[Any],
+        batch_size: int,
+        rank: int,
+        world: int,
+        seed: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        shuffle: bool = True,
     ) -> None:
         self.dataset = dataset
         self.length = len(dataset)  # type: ignore[arg-type]
@@ -101,15 +112,21 @@ class DataStream:
             self._loader.sampler.epoch, self._loader.sampler.start = self.epoch, start  # type: ignore[attr-defined]
         else:
             sampler_cls = EpochTaggedSampler if self.persistent else ShardSampler
-            sampler = sampler_cls(self.length, self.rank, self.world, self.seed, self.epoch,
-                                  start=start, shuffle=self.shuffle)
+            sampler = sampler_cls(
+                self.length, self.rank, self.world, self.seed, self.epoch, start=start, shuffle=self.shuffle
+            )
             # DataLoader worker seeds depend on the epoch (workers made once: not even that) and
             # rank only (reproducible across resumes for datasets that are pure functions of the index)
             key = [self.seed, self.rank, 7] if self.persistent else [self.seed, self.epoch, self.rank, 7]
             gen = torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2**62)))
             self._loader = DataLoader(
-                self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                num_workers=self.num_workers, pin_memory=self.pin_memory, generator=gen,
+                self.dataset,
+                batch_size=self.batch_size,
+                sampler=sampler,
+                drop_last=True,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                generator=gen,
                 persistent_workers=self.persistent,
             )
         self._it = iter(self._loader)

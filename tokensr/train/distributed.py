@@ -17,13 +17,14 @@ identical weights on every rank. :func:`check_in_sync` verifies it.
 The process group comes from the torchrun environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``): gloo on CPU, nccl on CUDA.
 """
+
 from __future__ import annotations
 
 import datetime
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -113,7 +114,7 @@ def average_gradients(params: list[nn.Parameter], info: DistInfo) -> None:
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
     dist.all_reduce(has)
     grads = []
-    for p, h in zip(params, has.tolist()):
+    for p, h in zip(params, has.tolist(), strict=False):
         if h == 0:
             continue
         if p.grad is None:
@@ -183,7 +184,7 @@ def check_in_sync(modules: dict[str, nn.Module], info: DistInfo) -> list[str]:
         if not torch.equal(own, ref):
             bad[i] = 1.0
     dist.all_reduce(bad)
-    return [n for n, b in zip(names, bad.tolist()) if b > 0]
+    return [n for n, b in zip(names, bad.tolist(), strict=False) if b > 0]
 
 
 def all_gather_objects(obj: object, info: DistInfo) -> list[object]:

@@ -5,10 +5,11 @@ Only parameters that an optimizer trains are averaged; everything else in the mo
 live. ``swap()`` puts the averaged weights into the live modules for validation and export
 and restores the trained weights afterwards.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

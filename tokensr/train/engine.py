@@ -24,6 +24,7 @@ One optimizer step:
 
 ``step`` passed to the task is the number of optimizer steps completed before this one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,9 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,7 +89,9 @@ def lr_factor(step: int, cfg: EngineConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(name: str, params: list[nn.Parameter], optim_cfg: dict[str, dict[str, Any]]) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, params: list[nn.Parameter], optim_cfg: dict[str, dict[str, Any]]
+) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD for one parameter group from ``engine.optim[name]`` over
     ``engine.optim.default`` (keys: type, lr, betas, eps, weight_decay, momentum (SGD), decay_1d).
 
@@ -95,7 +99,9 @@ def build_optimizer(name: str, params: list[nn.Parameter], optim_cfg: dict[str, 
     settings = {**OPTIM_DEFAULTS, **(optim_cfg.get("default") or {}), **(optim_cfg.get(name) or {})}
     unknown = set(settings) - OPTIM_KEYS
     if unknown:
-        raise ConfigError(f"engine.optim.{name}: unknown setting '{sorted(unknown)[0]}' (use {', '.join(sorted(OPTIM_KEYS))})")
+        raise ConfigError(
+            f"engine.optim.{name}: unknown setting '{sorted(unknown)[0]}' (use {', '.join(sorted(OPTIM_KEYS))})"
+        )
     kind = str(settings["type"]).lower()
     if kind not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"engine.optim.{name}.type must be adam, adamw or sgd, got '{kind}'")
@@ -175,9 +181,16 @@ class Trainer:
         owned = {id(p) for m in self.modules.values() for p in m.parameters()}
         orphans = sum(1 for ps in self.groups.values() for p in ps if id(p) not in owned)
         if orphans:
-            raise TrainingError(f"{orphans} trained parameters belong to no module in task.modules() (they would not be checkpointed)")
+            raise TrainingError(
+                f"{orphans} trained parameters belong to no module in task.modules() (they would not be checkpointed)"
+            )
         for extra in set(cfg.optim) - set(self.groups) - {"default"}:
-            log.warning("engine.optim.%s is set but the task has no optimizer '%s' (it has %s)", extra, extra, ", ".join(self.groups))
+            log.warning(
+                "engine.optim.%s is set but the task has no optimizer '%s' (it has %s)",
+                extra,
+                extra,
+                ", ".join(self.groups),
+            )
         ddp.broadcast_modules(self.modules, self.dist)
         self._train_modes()
         self.optimizers = {n: build_optimizer(n, ps, cfg.optim) for n, ps in self.groups.items()}
@@ -200,8 +213,13 @@ class Trainer:
 
         dataset = self.task.train_dataset()
         self.stream = DataStream(
-            dataset, cfg.batch_size, self.dist.rank, self.dist.world_size, cfg.seed,
-            num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+            dataset,
+            cfg.batch_size,
+            self.dist.rank,
+            self.dist.world_size,
+            cfg.seed,
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
         )
         self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
         # per-rank randomness from here on (dropout, masks, quantizer restarts)
@@ -257,7 +275,9 @@ class Trainer:
             try:
                 m.load_state_dict(mods[n])
             except RuntimeError as e:
-                raise TrainingError(f"checkpoint module '{n}' does not match the config: {str(e).splitlines()[0]}") from e
+                raise TrainingError(
+                    f"checkpoint module '{n}' does not match the config: {str(e).splitlines()[0]}"
+                ) from e
         for n, o in self.optimizers.items():
             if n in state.get("optimizers", {}):
                 # keep the moments, but take lr / betas / weight decay from the current config
@@ -266,7 +286,7 @@ class Trainer:
                     o.load_state_dict(state["optimizers"][n])
                 except ValueError as e:
                     raise TrainingError(f"checkpoint optimizer '{n}' does not match the task's parameters: {e}") from e
-                for g, f in zip(o.param_groups, fresh):
+                for g, f in zip(o.param_groups, fresh, strict=False):
                     g.update(f)
             else:
                 log.warning("the checkpoint has no state for optimizer '%s': it starts fresh", n)
@@ -285,7 +305,9 @@ class Trainer:
         else:
             log.warning(
                 "the checkpoint was written by %s processes, this run has %d: continuing with the next "
-                "data epoch and fresh random streams (not an exact resume)", state.get("world_size"), self.dist.world_size,
+                "data epoch and fresh random streams (not an exact resume)",
+                state.get("world_size"),
+                self.dist.world_size,
             )
             data = state["data"]
             self.stream.load_state({"epoch": int(data["epoch"]) + 1, "batch_in_epoch": 0})
@@ -312,7 +334,10 @@ class Trainer:
             losses, logs = self.task.losses(batch, self.step)
         unknown = set(losses) - set(self.groups)
         if unknown:
-            raise TrainingError(f"task.losses() returned '{sorted(unknown)[0]}', which is not an optimizer name ({', '.join(self.groups)})")
+            raise TrainingError(
+                f"task.losses() returned '{sorted(unknown)[0]}', "
+                f"which is not an optimizer name ({', '.join(self.groups)})"
+            )
         names = [n for n in self.groups if n in losses and losses[n].requires_grad]
         scalars = {k: float(v) for k, v in logs.items()}
         for i, n in enumerate(names):
@@ -395,7 +420,9 @@ class Trainer:
             bad = ddp.check_in_sync(self.modules, self.dist)
             if bad:
                 raise TrainingError(f"ranks out of sync at step {self.step}: {len(bad)} tensors differ, e.g. {bad[0]}")
-            self.logger.scalars(self.step, {"ranks_in_sync": 1.0, "world_size": float(self.dist.world_size)}, split="sync")
+            self.logger.scalars(
+                self.step, {"ranks_in_sync": 1.0, "world_size": float(self.dist.world_size)}, split="sync"
+            )
         if self.dist.is_main:
             path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self._state(rngs), keep=self.cfg.keep_checkpoints)
             log.debug("checkpoint %s", path)
@@ -428,8 +455,15 @@ class Trainer:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.config.task, file=sys.stderr,
-                       dynamic_ncols=True, mininterval=1.0, unit="step")
+            bar = tqdm(
+                total=cfg.max_steps,
+                initial=self.step,
+                desc=self.config.task,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=1.0,
+                unit="step",
+            )
             redirect = logging_redirect_tqdm()  # log lines print above the bar
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -459,7 +493,9 @@ class Trainer:
                         row = {k: sums[k] / counts[k] for k in sums}
                         row.update({f"lr_{n}": v for n, v in lrs.items()})
                         row["sec_per_step"] = dt / max(1, steps_since)
-                        row["samples_per_sec"] = steps_since * cfg.batch_size * cfg.grad_accum * self.dist.world_size / max(dt, 1e-9)
+                        row["samples_per_sec"] = (
+                            steps_since * cfg.batch_size * cfg.grad_accum * self.dist.world_size / max(dt, 1e-9)
+                        )
                         self.logger.scalars(self.step, row)
                         if bar is not None:
                             shown = {k: f"{v:.4g}" for k, v in row.items() if k.startswith("loss_")}

@@ -9,6 +9,7 @@ terms once the discriminator starts) without rewriting a header; pivot it for pl
 On resume, rows of steps after the resumed checkpoint are dropped (they will be logged again).
 Validation images go to ``run_dir/val/step_00001234_<name>.png``.
 """
+
 from __future__ import annotations
 
 import csv

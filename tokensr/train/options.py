@@ -12,6 +12,7 @@ wrong type or an old spelling gets the same one-line answer in every task:
   for a step count).
 - :func:`check_choice`: a string setting that must be one of a few names.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -97,7 +98,9 @@ def _typed(name: str, value: Any, default: Any) -> Any:
 
 
 def loss_weights(
-    section_: Mapping[str, Any] | None, defaults: Mapping[str, Any], where: str = "losses",
+    section_: Mapping[str, Any] | None,
+    defaults: Mapping[str, Any],
+    where: str = "losses",
 ) -> dict[str, Any]:
     """The ``losses`` section over ``defaults``: unknown keys refused, values typed like the defaults."""
     given = dict(section_ or {})

@@ -38,9 +38,11 @@ What the engine does around the task (see ``tokensr.train.engine``):
 - Batches come from a DataLoader over ``train_dataset()`` with default collation, moved to
   the device; a dataset with ``set_epoch(epoch)`` is told each new epoch.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -56,8 +58,7 @@ class TrainTask(Protocol):
         """Trainable parameters per optimizer name; the engine builds the optimizers."""
         ...
 
-    def train_dataset(self) -> Dataset[Any]:
-        ...
+    def train_dataset(self) -> Dataset[Any]: ...
 
     def losses(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Return (loss per optimizer name, scalars to log)."""

@@ -7,6 +7,7 @@ Layout (Pillow only)::
 
 Cells are resized so their longest side is ``cell`` pixels; a caption strip names each column.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,7 +56,7 @@ def save_step_figure(
     height = 2 * (ch + CAPTION + GAP) + GAP
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    for i, (im, mk, name) in enumerate(zip(cols, mask_cols, names)):
+    for i, (im, mk, name) in enumerate(zip(cols, mask_cols, names, strict=False)):
         x = GAP + i * (cw + GAP)
         draw.text((x + 2, GAP + 2), name, fill=(0, 0, 0))
         canvas.paste(im, (x, GAP + CAPTION))

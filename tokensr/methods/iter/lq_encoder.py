@@ -8,6 +8,7 @@ x4), and ``log2(s / f)`` x2 upsampling stages when ``f < s``. Each stage is a re
 and two ResNet blocks (channels double going down and halve going up). Then a 1x1 conv to
 ``dim`` channels, ``groups`` residual Swin groups, and a 1x1 head with one logit per code.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,7 +64,9 @@ class LQEncoder(nn.Module):
                 resample: nn.Module = nn.Conv2d(ch, out, 3, stride=2, padding=1)
             else:
                 out = max(ch // 2, 8)
-                resample = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, out, 3, padding=1))
+                resample = nn.Sequential(
+                    nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, out, 3, padding=1)
+                )
             stages.append(nn.Sequential(resample, *[ResnetBlock(out, out) for _ in range(c.res_blocks)]))
             ch = out
         if not stages:

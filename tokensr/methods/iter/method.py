@@ -31,6 +31,7 @@ After each call :attr:`ITERMethod.last_start_steps` lists the start step ``T_s``
 actually run) of every image or tile processed, and :attr:`ITERMethod.last_steps_run` is
 their mean.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,7 +46,13 @@ from tokensr.inference.colorfix import COLOR_FIXES, color_fix
 from tokensr.inference.tiling import pad_to_multiple, upscale_tiled
 from tokensr.methods.iter.model import ITER
 from tokensr.methods.loading import (
-    as_bool, as_choice, as_float, as_int, color_levels_option, load_saved_model, save_steps_target,
+    as_bool,
+    as_choice,
+    as_float,
+    as_int,
+    color_levels_option,
+    load_saved_model,
+    save_steps_target,
 )
 
 log = logging.getLogger(__name__)
@@ -165,8 +172,14 @@ class ITERMethod:
         h, w = lr.shape[-2:]
         x = pad_to_multiple(lr.to(self.device, torch.float32), self.pad_multiple)
         result = self.model.restore(
-            x, steps=self.steps, alpha=self.alpha, adaptive=self.adaptive, sample=self.sample,
-            temperature=self.temperature, generator=self._generator, record=record,
+            x,
+            steps=self.steps,
+            alpha=self.alpha,
+            adaptive=self.adaptive,
+            sample=self.sample,
+            temperature=self.temperature,
+            generator=self._generator,
+            record=record,
         )
         self.last_start_steps += [int(v) for v in result.start_steps.tolist()]
         self.last_good_fraction += result.good_init.flatten(1).float().mean(1).tolist()
@@ -255,15 +268,28 @@ def load_model(weights: str | None, scale: int, device: str | torch.device = "cp
     return load_saved_model(ITER, weights, scale, DEFAULT_WEIGHTS, device)
 
 
-KNOWN_OPTIONS = ("steps", "alpha", "adaptive", "sample", "temperature", "seed", "tile", "tile_overlap", "save_steps",
-                 "color_fix", "color_levels")
+KNOWN_OPTIONS = (
+    "steps",
+    "alpha",
+    "adaptive",
+    "sample",
+    "temperature",
+    "seed",
+    "tile",
+    "tile_overlap",
+    "save_steps",
+    "color_fix",
+    "color_levels",
+)
 
 
 def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> ITERMethod:
     """Build ITER for ``scale`` from ``weights`` (a saved folder; None = the bundled default)."""
     unknown = sorted(k for k, v in options.items() if k not in KNOWN_OPTIONS and v is not None)
     if unknown:
-        raise OptionError(f"iter does not take the option(s): {', '.join(unknown)} (it takes {', '.join(KNOWN_OPTIONS)})")
+        raise OptionError(
+            f"iter does not take the option(s): {', '.join(unknown)} (it takes {', '.join(KNOWN_OPTIONS)})"
+        )
     opts = {k: v for k, v in options.items() if v is not None}
     model = load_model(weights, int(scale), device)
     if not model.can_refine:

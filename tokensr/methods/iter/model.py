@@ -9,6 +9,7 @@ a trained model carries its own defaults.
 A model from the LQ-encoder stage alone has ``refine = evaluator = None``; it still runs (the
 output is the decoded ``S_l``, distortion removal only).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -111,11 +112,19 @@ class ITER(nn.Module, PretrainedMixin):
     # --- construction for training -----------------------------------------------------------
     @classmethod
     def create(
-        cls, tokenizer: VQGAN, lq_encoder: dict[str, Any], scale: int = 4, steps: int = 8, alpha: float = 0.5,
+        cls,
+        tokenizer: VQGAN,
+        lq_encoder: dict[str, Any],
+        scale: int = 4,
+        steps: int = 8,
+        alpha: float = 0.5,
     ) -> ITER:
         """A fresh model around a trained tokenizer (its weights are copied in)."""
         config = ITERConfig(
-            scale=scale, steps=steps, alpha=alpha, tokenizer=dataclasses.asdict(tokenizer.config),
+            scale=scale,
+            steps=steps,
+            alpha=alpha,
+            tokenizer=dataclasses.asdict(tokenizer.config),
             lq_encoder=dict(lq_encoder),
         )
         model = cls(config).to(next(tokenizer.parameters()).device)
@@ -177,7 +186,9 @@ class ITER(nn.Module, PretrainedMixin):
     def _check_lr(self, lr01: torch.Tensor) -> None:
         m = self.lr_multiple
         if lr01.shape[-2] % m or lr01.shape[-1] % m:
-            raise ValueError(f"LR size {tuple(lr01.shape[-2:])} is not a multiple of {m} (f={self.factor}, x{self.scale})")
+            raise ValueError(
+                f"LR size {tuple(lr01.shape[-2:])} is not a multiple of {m} (f={self.factor}, x{self.scale})"
+            )
 
     def lq_logits(self, lr01: torch.Tensor) -> torch.Tensor:
         """``E_l``: token logits ``[B, K, h*s/f, w*s/f]`` of an LR batch in [0, 1]."""
@@ -224,14 +235,15 @@ class ITER(nn.Module, PretrainedMixin):
         lq = self.lq_tokens(lr01)
         if not self.can_refine:
             b = lq.shape[0]
-            return RefineResult(lq, torch.zeros(b, dtype=torch.long, device=lq.device),
-                                torch.ones_like(lq, dtype=torch.bool), lq)
+            return RefineResult(
+                lq, torch.zeros(b, dtype=torch.long, device=lq.device), torch.ones_like(lq, dtype=torch.bool), lq
+            )
         refine, evaluator = self.refine, self.evaluator
         assert refine is not None and evaluator is not None
         return adaptive_refine(
             lq,
-            lambda s, l, g: refine(s, l, g),
-            lambda s, l: evaluator.good_prob(s, l),
+            lambda s, lq, g: refine(s, lq, g),
+            lambda s, lq: evaluator.good_prob(s, lq),
             mask_id=self.mask_id,
             steps=self.config.steps if steps is None else steps,
             alpha=self.config.alpha if alpha is None else alpha,

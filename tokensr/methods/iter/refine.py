@@ -14,6 +14,7 @@ and a GroupNorm-SiLU-1x1 head.
   to the ground-truth token). It scores ``S_l`` itself (``S = S_l``) to pick the start step
   and each refined prediction to choose the tokens to keep.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,7 +76,9 @@ class RefinementNet(_TokenNet):
     def _outputs(self) -> int:
         return self.config.codebook_size
 
-    def forward(self, tokens: torch.Tensor, lq_tokens: torch.Tensor, lq_good: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, lq_tokens: torch.Tensor, lq_good: torch.Tensor | None = None
+    ) -> torch.Tensor:
         cond = self._map(lq_tokens)
         if lq_good is not None:
             cond = cond + self.lq_flag(lq_good.long()).permute(0, 3, 1, 2)
@@ -97,7 +100,10 @@ class EvaluationNet(_TokenNet):
 
 
 def class_balanced_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, beta: float = 0.9999, sample_weight: torch.Tensor | None = None,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    beta: float = 0.9999,
+    sample_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy with class-balanced weights (Cui et al. 2019), as ITER trains ``phi_e`` on ``S_l``.
 

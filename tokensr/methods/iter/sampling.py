@@ -28,11 +28,12 @@ evaluation score, either the top ones (``sample=False``, deterministic, the defa
 drawn without replacement with probability proportional to the score (``sample=True``, the
 reference's multinomial draw). ``keep_count(0) = N``, so ``S_0`` is the last prediction.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -100,7 +101,10 @@ def start_steps(good_prob: torch.Tensor, alpha: float, steps: int = 8, schedule:
 
 # --- training (Algorithm 1) -------------------------------------------------------------------
 def training_keep_mask(
-    batch: int, n_tokens: int, device: torch.device | str, schedule: str = "cosine",
+    batch: int,
+    n_tokens: int,
+    device: torch.device | str,
+    schedule: str = "cosine",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Random forward-diffusion masks ``m_t`` ``[B, N]`` (True = kept, from ``S_h``).
@@ -150,7 +154,9 @@ def select_keep(
 
 
 def pick_tokens(
-    logits: torch.Tensor, sample: bool = False, temperature: float = 1.0,
+    logits: torch.Tensor,
+    sample: bool = False,
+    temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Tokens ``[B, h, w]`` from logits ``[B, K, h, w]``: argmax, or a draw at ``temperature``."""
@@ -226,8 +232,14 @@ def adaptive_refine(
             score = eval_fn(pred.view(-1, h, w), sub_lq).flatten(1)
             new_keep = select_keep(score, keep[active], k, sample, generator)
         if record:
-            trace.append({"t": torch.tensor(t), "active": active.clone(), "keep_in": keep.view(b, h, w).clone(),
-                          "pred": pred.view(-1, h, w).clone()})
+            trace.append(
+                {
+                    "t": torch.tensor(t),
+                    "active": active.clone(),
+                    "keep_in": keep.view(b, h, w).clone(),
+                    "pred": pred.view(-1, h, w).clone(),
+                }
+            )
         tokens[active] = pred
         keep[active] = new_keep
         canvas[active] = torch.where(new_keep, pred, torch.full_like(pred, mask_id))
@@ -235,6 +247,16 @@ def adaptive_refine(
 
 
 __all__ = [
-    "SCHEDULES", "RefineResult", "adaptive_refine", "gamma", "gamma_tensor", "keep_count", "pick_tokens",
-    "select_keep", "start_step", "start_step_from_count", "start_steps", "training_keep_mask",
+    "SCHEDULES",
+    "RefineResult",
+    "adaptive_refine",
+    "gamma",
+    "gamma_tensor",
+    "keep_count",
+    "pick_tokens",
+    "select_keep",
+    "start_step",
+    "start_step_from_count",
+    "start_steps",
+    "training_keep_mask",
 ]

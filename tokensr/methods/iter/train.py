@@ -40,6 +40,7 @@ Config reading, crops, the validation batch and frozen modules come from the sha
 (:class:`tokensr.train.base.TaskBase`); the optional pixel term is
 :class:`tokensr.nn.losses.ImageLoss`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,8 +77,9 @@ LOSS_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _token_mean(per_token: torch.Tensor, sample_weight: torch.Tensor | None,
-                select: torch.Tensor | None = None) -> torch.Tensor:
+def _token_mean(
+    per_token: torch.Tensor, sample_weight: torch.Tensor | None, select: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean of ``per_token`` ``[B, ...]``, each token weighted by its sample's weight ``[B]``
     (equal without), over the ``select``-ed tokens only when given."""
     if sample_weight is None:
@@ -92,8 +94,19 @@ class ITERTask(TaskBase):
     """Trains the networks named in ``train`` (default: all three, jointly as the paper)."""
 
     name = "iter"
-    keys = ("tokenizer", "init", "preset", "lq_encoder", "refine", "evaluator", "scale", "steps", "alpha",
-            "train", "losses")
+    keys = (
+        "tokenizer",
+        "init",
+        "preset",
+        "lq_encoder",
+        "refine",
+        "evaluator",
+        "scale",
+        "steps",
+        "alpha",
+        "train",
+        "losses",
+    )
     val_keys = ("steps", "alpha")
     degradation = "realesrgan"
     default_train: tuple[str, ...] = PARTS
@@ -108,8 +121,11 @@ class ITERTask(TaskBase):
             raise OptionError("train must name at least one of lq_encoder, refine, evaluator")
         self.parts = tuple(p for p in PARTS if p in parts)
         self.loss_weights = self.read_losses(LOSS_DEFAULTS)
-        for k, choices in (("refine_tokens", ("all", "masked")), ("eval_balance", ("lq", "both", "none")),
-                           ("mask_schedule", SCHEDULES)):
+        for k, choices in (
+            ("refine_tokens", ("all", "masked")),
+            ("eval_balance", ("lq", "both", "none")),
+            ("mask_schedule", SCHEDULES),
+        ):
             check_choice(f"losses.{k}", self.loss_weights[k], choices)
         self.pixel_loss = L.ImageLoss({"l1": 1.0}, input_range=(0.0, 1.0))
         self.model = self._build_model().to(self.device)
@@ -136,8 +152,9 @@ class ITERTask(TaskBase):
                 if tok is None:
                     raise OptionError("the iter task needs tokenizer (a VQGAN folder or bundled name) or init")
                 tokenizer = tok if isinstance(tok, VQGAN) else VQGAN.from_pretrained(str(tok))
-                model = ITER.create(tokenizer.to(self.device), self._net_cfg("lq_encoder"),
-                                    scale=int(self.cfg.get("scale", 4)))
+                model = ITER.create(
+                    tokenizer.to(self.device), self._net_cfg("lq_encoder"), scale=int(self.cfg.get("scale", 4))
+                )
         except FileNotFoundError as e:
             raise OptionError(f"{'init' if init is not None else 'tokenizer'}: {e}") from e
         except (TypeError, ValueError) as e:
@@ -181,7 +198,10 @@ class ITERTask(TaskBase):
         crop = int(data.get("crop_size", self.preset.crop_size))
         unit = self.model.scale * self.model.lr_multiple
         if crop % unit:
-            raise OptionError(f"crop_size {crop} must be a multiple of {unit} (scale x{self.model.scale}, tokenizer f={self.model.factor})")
+            raise OptionError(
+                f"crop_size {crop} must be a multiple of {unit} "
+                f"(scale x{self.model.scale}, tokenizer f={self.model.factor})"
+            )
         return crop
 
     def data_scale(self) -> int | None:
@@ -189,7 +209,10 @@ class ITERTask(TaskBase):
 
     # --- losses --------------------------------------------------------------------------------
     def _loss(
-        self, hr: torch.Tensor, lr: torch.Tensor, sample_weight: torch.Tensor | None,
+        self,
+        hr: torch.Tensor,
+        lr: torch.Tensor,
+        sample_weight: torch.Tensor | None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         self.keep_frozen()
@@ -201,7 +224,9 @@ class ITERTask(TaskBase):
         if "lq_encoder" in self.parts:
             lq_logits = m.lq_logits(lr)
             if lq_logits.shape[-2:] != target.shape[-2:]:
-                raise OptionError(f"LQ token grid {tuple(lq_logits.shape[-2:])} != HR token grid {tuple(target.shape[-2:])}")
+                raise OptionError(
+                    f"LQ token grid {tuple(lq_logits.shape[-2:])} != HR token grid {tuple(target.shape[-2:])}"
+                )
             ce = F.cross_entropy(lq_logits.float(), target, reduction="none")
             dist = _token_mean(ce, sample_weight)
             total = total + lw["dist"] * dist
@@ -254,8 +279,9 @@ class ITERTask(TaskBase):
         logs["loss"] = total.item()
         return total, logs
 
-    def _eval_ce(self, logits: torch.Tensor, label: torch.Tensor, sample_weight: torch.Tensor | None,
-                 balanced: bool) -> torch.Tensor:
+    def _eval_ce(
+        self, logits: torch.Tensor, label: torch.Tensor, sample_weight: torch.Tensor | None, balanced: bool
+    ) -> torch.Tensor:
         """Cross-entropy of ``phi_e``'s logits ``[B, 2, h, w]`` against good/bad labels ``[B, h, w]``."""
         if not balanced:
             return _token_mean(F.cross_entropy(logits.float(), label, reduction="none"), sample_weight)
@@ -297,7 +323,6 @@ class ITERTask(TaskBase):
         lr_up = F.interpolate(lr, size=hr.shape[-2:], mode="nearest")
         rows = [lr_up, lq_img] + ([sr] if m.can_refine else []) + [hr]
         return metrics, {"lr_lq_iter_hr": image_rows(rows, self.val.images)}
-
 
 
 class LQEncoderTask(ITERTask):

@@ -12,6 +12,7 @@ Because the zero conv starts at exactly zero, ``h' == h`` before training: the m
 as the identity and cannot hurt the pretrained decoder. Only the CCM is trained (VQGAN losses);
 the tokenizer and the masked transformer stay frozen.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -8,6 +8,7 @@ Layout (Pillow only)::
 Every cell is resized to fit ``cell`` pixels (longest side) so figures of large images stay
 small; a caption strip names each column.
 """
+
 from __future__ import annotations
 
 import os

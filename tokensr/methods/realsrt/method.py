@@ -36,6 +36,7 @@ Options (strings are accepted, as the benchmark passes them):
   ``realsrt-0001``, ``realsrt-0002``... ``save_steps=True`` (the bare ``--save-steps`` flag)
   means the folder ``realsrt-steps`` in the current directory.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,12 +50,18 @@ from tokensr.errors import OptionError
 from tokensr.inference.colorfix import COLOR_FIXES, DEFAULT_WAVELET_LEVELS, color_fix
 from tokensr.inference.patches import aggregate_patches, reflect_pad
 from tokensr.inference.token_windows import WindowGrid
+from tokensr.methods.loading import (
+    as_bool,
+    as_choice,
+    as_float,
+    as_int,
+    color_levels_option,
+    load_saved_model,
+    save_steps_target,
+)
 from tokensr.methods.realsrt.figure import save_step_figure
 from tokensr.methods.realsrt.model import Condition, RealSRT
 from tokensr.methods.realsrt.sampling import CONFIDENCES, ROUNDINGS, GenerationResult
-from tokensr.methods.loading import (
-    as_bool, as_choice, as_float, as_int, color_levels_option, load_saved_model, save_steps_target,
-)
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +262,9 @@ class RealSRTMethod:
             images.append(img[..., : h * self.scale, : w * self.scale])
         size = cond.lr_up.shape[-2:]
         maps = [
-            torch.nn.functional.interpolate(c[:, None], size=size, mode="nearest")[..., : h * self.scale, : w * self.scale]
+            torch.nn.functional.interpolate(c[:, None], size=size, mode="nearest")[
+                ..., : h * self.scale, : w * self.scale
+            ]
             for c in confs
         ]
         return StepOutputs(images, maps)
@@ -274,10 +283,10 @@ class RealSRTMethod:
             for k in range(ids.shape[0]):
                 for n in range(0, len(grid.parts), self.batch):
                     chunk = grid.parts[n : n + self.batch]
-                    hw = torch.stack([h[k, :, t : t + window, l : l + window] for t, l, _ in chunk])
-                    cw = torch.stack([feats[k, :, t : t + window, l : l + window] for t, l, _ in chunk])
+                    hw = torch.stack([h[k, :, t : t + window, c : c + window] for t, c, _ in chunk])
+                    cw = torch.stack([feats[k, :, t : t + window, c : c + window] for t, c, _ in chunk])
                     out = ccm.fuse(hw, cw)
-                    for (_, _, (gr, gc, wr, wc)), o in zip(chunk, out):
+                    for (_, _, (gr, gc, wr, wc)), o in zip(chunk, out, strict=False):
                         fused[k, :, gr, gc] = o[:, wr, wc]
             h = fused
         f = tok.factor
@@ -289,7 +298,9 @@ class RealSRTMethod:
                 r1, c1 = min(rows, r + DECODE_TILE + DECODE_MARGIN), min(cols, c + DECODE_TILE + DECODE_MARGIN)
                 dec = tok.decoder(h[..., r0:r1, c0:c1])
                 rr, cc = min(rows, r + DECODE_TILE), min(cols, c + DECODE_TILE)
-                out[..., r * f : rr * f, c * f : cc * f] = dec[..., (r - r0) * f : (rr - r0) * f, (c - c0) * f : (cc - c0) * f]
+                out[..., r * f : rr * f, c * f : cc * f] = dec[
+                    ..., (r - r0) * f : (rr - r0) * f, (c - c0) * f : (cc - c0) * f
+                ]
         return ((out + 1) / 2).clamp(0, 1)
 
     def _figure_path(self, index: int = 0) -> Path:
@@ -303,8 +314,9 @@ class RealSRTMethod:
         name = name or f"realsrt-{self._figures:04d}"
         return target / f"{name}_steps.png"
 
-    def _write_figure(self, lr: torch.Tensor, images: list[torch.Tensor], confs: list[torch.Tensor],
-                      index: int = 0) -> None:
+    def _write_figure(
+        self, lr: torch.Tensor, images: list[torch.Tensor], confs: list[torch.Tensor], index: int = 0
+    ) -> None:
         path = save_step_figure(self._figure_path(index), lr, images, confs)
         log.info("wrote step figure %s", path)
 
@@ -324,8 +336,21 @@ def load_model(weights: str | None, scale: int, device: str | torch.device = "cp
 
 def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> RealSRTMethod:
     """Build RealSRT for ``scale`` from ``weights`` (a saved folder; None = the bundled default)."""
-    known = {"steps", "confidence", "ccm", "aggregate", "patch", "stride", "batch", "color_fix", "color_levels",
-             "rounding", "temperature", "seed", "save_steps"}
+    known = {
+        "steps",
+        "confidence",
+        "ccm",
+        "aggregate",
+        "patch",
+        "stride",
+        "batch",
+        "color_fix",
+        "color_levels",
+        "rounding",
+        "temperature",
+        "seed",
+        "save_steps",
+    }
     unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
     if unknown:
         raise OptionError(
@@ -334,8 +359,9 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
     opts = {k: v for k, v in options.items() if v is not None}
     model = load_model(weights, int(scale), device)
 
-    confidence = as_choice("confidence", opts.get("confidence", "critic" if model.critic is not None else "generator"),
-                         CONFIDENCES)
+    confidence = as_choice(
+        "confidence", opts.get("confidence", "critic" if model.critic is not None else "generator"), CONFIDENCES
+    )
     if confidence == "critic" and model.critic is None:
         raise OptionError("this realsrt model has no critic; use --confidence generator or train the critic stage")
     use_ccm = as_bool("ccm", opts.get("ccm", model.ccm is not None))
@@ -352,8 +378,10 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         default = default_stride(model, patch)
     stride = as_int("stride", opts.get("stride", default))
     if aggregate == "tokens" and (stride * model.scale) % f:
-        raise OptionError(f"stride {stride} times the scale {model.scale} must be a multiple of the tokenizer factor {f} "
-                          "with aggregate=tokens")
+        raise OptionError(
+            f"stride {stride} times the scale {model.scale} must be a multiple of the tokenizer factor {f} "
+            "with aggregate=tokens"
+        )
     if stride > patch:
         raise OptionError(f"stride {stride} must not exceed the patch size {patch}")
     save_steps = save_steps_target(opts.get("save_steps"), DEFAULT_STEPS_DIR)

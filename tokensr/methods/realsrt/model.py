@@ -20,6 +20,7 @@ offered for experiments and is not what the paper does.
 ``tokenizer.`` prefix). Training fills it in stages: generator, then critic, then CCM; the
 critic and CCM entries of the config are ``null`` until their stage has run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -167,7 +168,9 @@ def _check_fields(config_cls: type, data: dict[str, Any], where: str) -> None:
     known = {f.name for f in dataclasses.fields(config_cls)} | {"model_type"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown {where} setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known - {'model_type'}))})")
+        raise ValueError(
+            f"unknown {where} setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known - {'model_type'}))})"
+        )
 
 
 # --- the whole model -----------------------------------------------------------------------
@@ -204,13 +207,16 @@ class RealSRT(nn.Module, PretrainedMixin):
         tok_cfg = config_from_dict(VQGANConfig, config.tokenizer)
         if (config.lr_patch * config.scale) % tok_cfg.factor:
             raise ValueError(
-                f"lr_patch * scale = {config.lr_patch * config.scale} is not a multiple of the tokenizer factor {tok_cfg.factor}"
+                f"lr_patch * scale = {config.lr_patch * config.scale} is not a multiple of "
+                f"the tokenizer factor {tok_cfg.factor}"
             )
         self.tokenizer = VQGAN(tok_cfg)
         self.tokenizer.requires_grad_(False)
         self.generator = TokenTransformer(self._transformer_config(config.generator, critic=False))
         self.critic = (
-            TokenTransformer(self._transformer_config(config.critic, critic=True)) if config.critic is not None else None
+            TokenTransformer(self._transformer_config(config.critic, critic=True))
+            if config.critic is not None
+            else None
         )
         self.ccm = CCM(tok_cfg, config_from_dict(CCMConfig, config.ccm)) if config.ccm is not None else None
 
@@ -233,8 +239,12 @@ class RealSRT(nn.Module, PretrainedMixin):
     ) -> RealSRT:
         """A fresh model around a trained tokenizer (copied in); the generator is untrained."""
         config = RealSRTConfig(
-            scale=scale, lr_patch=lr_patch, stride=stride, lr_input=lr_input,
-            tokenizer=dataclasses.asdict(tokenizer.config), generator=dict(generator),
+            scale=scale,
+            lr_patch=lr_patch,
+            stride=stride,
+            lr_input=lr_input,
+            tokenizer=dataclasses.asdict(tokenizer.config),
+            generator=dict(generator),
         )
         model = cls(config).to(next(tokenizer.parameters()).device)
         model.tokenizer.load_state_dict(tokenizer.state_dict())
@@ -322,7 +332,9 @@ class RealSRT(nn.Module, PretrainedMixin):
         critic_fn = None
         if confidence == "critic":
             if self.critic is None:
-                raise ValueError("this RealSRT model has no critic (train the critic stage or use generator confidence)")
+                raise ValueError(
+                    "this RealSRT model has no critic (train the critic stage or use generator confidence)"
+                )
             critic = self.critic
             critic_ctx = critic.encode_lr(cond.lr, cond.hw)
             critic_fn = lambda ids: critic.decode_hr(ids, critic_ctx, cond.hw)  # noqa: E731

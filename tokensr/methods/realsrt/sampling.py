@@ -16,11 +16,12 @@ Two confidence sources:
 - ``"generator"`` (MaskGIT, the paper's ablation (a)): the generator's softmax probability of
   the token it chose; tokens kept from earlier steps are never re-masked.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

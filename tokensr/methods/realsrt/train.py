@@ -43,9 +43,11 @@ Task config keys (``task_config``)::
 
 Config reading, crops, the validation batch and frozen modules come from the shared task layer
 (:class:`tokensr.train.base.TaskBase`); the CCM's image terms are one
-:class:`tokensr.nn.losses.ImageLoss`. ``perceptual`` needs the torchvision VGG19 file (``vgg: FILE`` or ``TOKENSR_VGG19``); without
-it the ``substitute`` losses (L1 + 1 - MS-SSIM) are used instead, with a warning.
+:class:`tokensr.nn.losses.ImageLoss`. ``perceptual`` needs the torchvision VGG19 file
+(``vgg: FILE`` or ``TOKENSR_VGG19``); without it the ``substitute`` losses (L1 + 1 - MS-SSIM) are
+used instead, with a warning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,6 +78,7 @@ CCM_LOSS_DEFAULTS: dict[str, Any] = {
     "vgg": None,
     "substitute": {"l1": 1.0, "ms_ssim": 1.0},  # used instead of `perceptual` without VGG19
     "gan": 0.8,
+    "feature_matching": 0.0,  # pix2pixHD discriminator feature matching (no ImageNet weights)
     "disc_start": 2000,
     "adaptive": True,
     "max_gan_weight": 1e4,
@@ -126,8 +129,9 @@ class _Stage(TaskBase):
     def crop_size(self, data: Mapping[str, Any]) -> int:
         crop = self.model.config.lr_patch * self.model.scale
         if "crop_size" in data and int(data["crop_size"]) != crop:
-            raise OptionError(f"data.crop_size {data['crop_size']}: RealSRT crops lr_patch x scale = {crop} px; "
-                              "set lr_patch instead")
+            raise OptionError(
+                f"data.crop_size {data['crop_size']}: RealSRT crops lr_patch x scale = {crop} px; set lr_patch instead"
+            )
         return crop
 
     def data_scale(self) -> int | None:
@@ -145,8 +149,9 @@ class _Stage(TaskBase):
         ids = torch.where(mask, torch.full_like(target, self.model.mask_id), target)
         return cond, target, mask, ids
 
-    def _loss(self, hr: torch.Tensor, lr: torch.Tensor, sample_weight: torch.Tensor | None,
-              rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # pragma: no cover
+    def _loss(
+        self, hr: torch.Tensor, lr: torch.Tensor, sample_weight: torch.Tensor | None, rng: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:  # pragma: no cover
         raise NotImplementedError
 
     def losses(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -186,7 +191,8 @@ class GeneratorTask(_Stage):
         generator = {**self.preset.generator, **section(self.cfg, "generator")}
         try:
             return RealSRT.create(
-                tokenizer.to(self.device), generator,
+                tokenizer.to(self.device),
+                generator,
                 scale=int(self.cfg.get("scale", 4)),
                 lr_patch=int(self.cfg.get("lr_patch", self.preset.lr_patch)),
                 lr_input=str(self.cfg.get("lr_input", "tokens")),
@@ -205,8 +211,9 @@ class GeneratorTask(_Stage):
     def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
         return {"g": trainable_parameters(self.model.generator)}
 
-    def _loss(self, hr: torch.Tensor, lr: torch.Tensor, sample_weight: torch.Tensor | None,
-              rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(
+        self, hr: torch.Tensor, lr: torch.Tensor, sample_weight: torch.Tensor | None, rng: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         self.keep_frozen()
         cond, target, mask, ids = self._masked_inputs(hr, lr, rng)
         # logits of the masked tokens only, [M, K] in row-major order (the loss ignores the rest)
@@ -279,8 +286,9 @@ class CriticTask(_Stage):
         tokens[mask] = self.model.generator(ids, cond.lr, cond.hw, select=mask).argmax(-1)
         return cond, target, tokens, mask.float()
 
-    def _loss(self, hr: torch.Tensor, lr: torch.Tensor, sample_weight: torch.Tensor | None,
-              rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(
+        self, hr: torch.Tensor, lr: torch.Tensor, sample_weight: torch.Tensor | None, rng: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         cond, target, tokens, labels = self.critic_batch(hr, lr, rng)
         mask = labels.bool()
         logits = self.critic(tokens, cond.lr, cond.hw)  # [B, N]
@@ -355,7 +363,8 @@ class CCMTask(_Stage):
         check_keys(sub, ("l1", "ms_ssim"), "losses.substitute")
         log.warning(
             "no VGG19 weights (losses.vgg=FILE or TOKENSR_VGG19): the CCM trains with the substitute "
-            "perceptual losses %s instead", sub,
+            "perceptual losses %s instead",
+            sub,
         )
         self.loss_weights["perceptual"] = 0.0
         self.loss_weights["l1"] += float(sub.get("l1", 0.0))
@@ -363,8 +372,11 @@ class CCMTask(_Stage):
         return None
 
     def modules(self) -> dict[str, nn.Module]:
-        mods: dict[str, nn.Module] = {"ccm": self.ccm, "generator": self.model.generator,
-                                      "tokenizer": self.model.tokenizer}
+        mods: dict[str, nn.Module] = {
+            "ccm": self.ccm,
+            "generator": self.model.generator,
+            "tokenizer": self.model.tokenizer,
+        }
         if self.model.critic is not None:
             mods["critic"] = self.model.critic
         if self.discriminator is not None:

@@ -1,6 +1,7 @@
 """UGTSR's Align-Attention (eq. 9): windowed cross-attention from LQ features (query) to HQ
 features (key and value), written into the frozen decoder through a zero-initialised projection.
 """
+
 from __future__ import annotations
 
 import torch

@@ -2,6 +2,7 @@
 bridge that lets an x2 encoder start as a trained x4 one), and the pyramid that carries those
 features up to the decoder stages they are fused into.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,7 +73,7 @@ class LQEncoder(nn.Module):
         set_here: list[str] = []
         layers = list(self.body)
         body = f"{prefix}body."
-        copied_layers = {int(k[len(body):].split(".")[0]) for k in copied if k.startswith(body)}
+        copied_layers = {int(k[len(body) :].split(".")[0]) for k in copied if k.startswith(body)}
         first_fresh = next((i for i in range(len(layers)) if i not in copied_layers), len(layers))
         if first_fresh == 0 or any(i > first_fresh for i in copied_layers):
             return set_here  # nothing copied before the fresh layers, or copied ones after them
@@ -93,8 +94,9 @@ class LQEncoder(nn.Module):
                 if isinstance(layer.skip, nn.Conv2d):
                     out_ch, in_ch = layer.skip.weight.shape[:2]
                     layer.skip.weight.zero_()
-                    layer.skip.weight[:in_ch, :, 0, 0] = torch.eye(in_ch, dtype=layer.skip.weight.dtype,
-                                                                   device=layer.skip.weight.device)
+                    layer.skip.weight[:in_ch, :, 0, 0] = torch.eye(
+                        in_ch, dtype=layer.skip.weight.dtype, device=layer.skip.weight.device
+                    )
                     assert layer.skip.bias is not None and out_ch >= in_ch
                     layer.skip.bias.zero_()
                     set_here += [name + "skip.weight", name + "skip.bias"]
@@ -103,8 +105,13 @@ class LQEncoder(nn.Module):
         key = f"{prefix}to_swin.weight"
         src = source.get(key)
         w = self.to_swin.weight
-        if key not in copied and src is not None and src.shape[0] == w.shape[0] and src.shape[2:] == w.shape[2:] \
-                and src.shape[1] < w.shape[1]:
+        if (
+            key not in copied
+            and src is not None
+            and src.shape[0] == w.shape[0]
+            and src.shape[2:] == w.shape[2:]
+            and src.shape[1] < w.shape[1]
+        ):
             w[:, : src.shape[1]] = src.to(w)
             set_here.append(key)  # (its bias has the same shape, so the warm start copied it)
         return set_here

@@ -2,6 +2,7 @@
 feature by Restormer blocks (transposed channel attention and a gated depthwise feed-forward).
 The nearest-codes search itself is :func:`tokensr.nn.quantizer.knn_codes`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -89,8 +90,9 @@ class TopKFusion(nn.Module):
     zero-initialised correction, so an untrained fusion reproduces nearest-neighbour matching.
     """
 
-    def __init__(self, code_dim: int, k: int, dim: int, heads: int, blocks: int, expansion: float,
-                 with_lq: bool = False) -> None:
+    def __init__(
+        self, code_dim: int, k: int, dim: int, heads: int, blocks: int, expansion: float, with_lq: bool = False
+    ) -> None:
         super().__init__()
         self.k = k
         self.with_lq = with_lq

@@ -22,6 +22,7 @@ image channel, else averaged over the image channels (a 1-channel ``s``). Becaus
 subtracts the minimum, a constant factor in the error (sum vs. mean over channels, [0, 1] vs.
 [-1, 1] images) only shifts ``s`` by a constant and leaves stage II unchanged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -113,7 +114,7 @@ class TokenizerFeatureLoss(torch.nn.Module):
         h = enc.conv_in(x)
         feats = [h]
         for stage in enc.down:
-            for block, attn in zip(stage.blocks, stage.attn):
+            for block, attn in zip(stage.blocks, stage.attn, strict=False):
                 h = attn(block(h))
                 feats.append(h)
             h = stage.downsample(h)
@@ -125,7 +126,7 @@ class TokenizerFeatureLoss(torch.nn.Module):
         with torch.no_grad():
             fy = self.features(y)
         total = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
-        for a, b in zip(fx, fy):
+        for a, b in zip(fx, fy, strict=False):
             d = a.float() - b.float()
             d = d.abs() if self.criterion == "l1" else d.pow(2)
             total = total + d.flatten(1).mean(1)
@@ -133,6 +134,13 @@ class TokenizerFeatureLoss(torch.nn.Module):
 
 
 __all__ = [
-    "REDUCE_MIN", "TokenizerFeatureLoss", "codebook_loss", "esu_loss", "gram_loss", "gram_matrix", "pixel_error",
-    "udl_loss", "udl_weight",
+    "REDUCE_MIN",
+    "TokenizerFeatureLoss",
+    "codebook_loss",
+    "esu_loss",
+    "gram_loss",
+    "gram_matrix",
+    "pixel_error",
+    "udl_loss",
+    "udl_weight",
 ]

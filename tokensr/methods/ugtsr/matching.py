@@ -13,10 +13,11 @@ features ``z^l`` sit on the same token grid. Reported, as shares of all tokens:
 Images are cropped at the bottom/right to sizes the model accepts (LR sides a multiple of
 the encoder's downsampling; HR = LR x scale), optionally centre-cropped to ``max_lr`` pixels.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import torch
 
@@ -57,7 +58,9 @@ class MatchingAccuracy:
         return out
 
 
-def crop_pair(lr: torch.Tensor, hr: torch.Tensor, model: UGTSR, max_lr: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_pair(
+    lr: torch.Tensor, hr: torch.Tensor, model: UGTSR, max_lr: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop ``lr [B, 3, h, w]`` / ``hr [B, 3, h*s, w*s]`` to sizes the model accepts
     (centre crop to at most ``max_lr`` LR pixels per side first)."""
     s, m = model.scale, model.pad_multiple
@@ -77,8 +80,14 @@ def crop_pair(lr: torch.Tensor, hr: torch.Tensor, model: UGTSR, max_lr: int | No
 
 
 @torch.no_grad()
-def add_pair(acc: MatchingAccuracy, model: UGTSR, lr: torch.Tensor, hr: torch.Tensor,
-             top_k: int | None = None, max_lr: int | None = None) -> None:
+def add_pair(
+    acc: MatchingAccuracy,
+    model: UGTSR,
+    lr: torch.Tensor,
+    hr: torch.Tensor,
+    top_k: int | None = None,
+    max_lr: int | None = None,
+) -> None:
     """Measure one batch of pairs (in [0, 1]) and add it to ``acc``."""
     lr, hr = crop_pair(lr.to(model.device, torch.float32), hr.to(model.device, torch.float32), model, max_lr)
     gt = model.gt_indices(hr)
@@ -92,8 +101,13 @@ def add_pair(acc: MatchingAccuracy, model: UGTSR, lr: torch.Tensor, hr: torch.Te
 
 
 @torch.no_grad()
-def measure(model: UGTSR, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], ks: Sequence[int] = DEFAULT_KS,
-            top_k: int | None = None, max_lr: int | None = None) -> MatchingAccuracy:
+def measure(
+    model: UGTSR,
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    ks: Sequence[int] = DEFAULT_KS,
+    top_k: int | None = None,
+    max_lr: int | None = None,
+) -> MatchingAccuracy:
     """Matching accuracy of ``model`` over ``(lr, hr)`` pairs (``[3, h, w]`` or ``[B, 3, h, w]``)."""
     was = model.training
     model.eval()

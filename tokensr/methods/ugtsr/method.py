@@ -17,6 +17,7 @@ Options (strings are accepted, as the benchmark passes them):
 - ``tile`` (LR pixels; default ``auto``: 256-px tiles when a side of the LR is longer than
   256, else one pass; ``0`` = never tile), ``tile_overlap`` (16, as FeMaSR).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,8 +26,8 @@ import torch
 
 from tokensr.errors import OptionError
 from tokensr.inference.colorfix import COLOR_FIXES, color_fix
-from tokensr.methods.ugtsr.model import UGTSR
 from tokensr.methods.loading import as_choice, as_int, color_levels_option, load_saved_model
+from tokensr.methods.ugtsr.model import UGTSR
 
 # bundled default per scale (trained by the lead; see docs/ugtsr.md)
 DEFAULT_WEIGHTS: dict[int, str] = {4: "ugtsr-small-x4", 2: "ugtsr-small-x2"}
@@ -41,9 +42,15 @@ COLOR_LEVELS: dict[int, int] = {4: 4}
 class UGTSRMethod:
     name = "ugtsr"
 
-    def __init__(self, model: UGTSR, top_k: int | None = None, tile: int | None = AUTO_TILE,
-                 tile_overlap: int = DEFAULT_OVERLAP, color: str = DEFAULT_COLOR_FIX,
-                 color_levels: int | str | None = None) -> None:
+    def __init__(
+        self,
+        model: UGTSR,
+        top_k: int | None = None,
+        tile: int | None = AUTO_TILE,
+        tile_overlap: int = DEFAULT_OVERLAP,
+        color: str = DEFAULT_COLOR_FIX,
+        color_levels: int | str | None = None,
+    ) -> None:
         self.model = model.eval()
         self.color = as_choice("color_fix", color, COLOR_FIXES)
         self.color_levels = color_levels_option(color_levels, model.scale, COLOR_LEVELS)
@@ -120,7 +127,9 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
     known = {"top_k", "tile", "tile_overlap", "color_fix", "color_levels"}
     unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
     if unknown:
-        raise OptionError(f"ugtsr does not take the option(s): {', '.join(unknown)} (it takes {', '.join(sorted(known))})")
+        raise OptionError(
+            f"ugtsr does not take the option(s): {', '.join(unknown)} (it takes {', '.join(sorted(known))})"
+        )
     model = load_model(weights, int(scale), device)
     top_k = options.get("top_k")
     if top_k is not None:

@@ -30,6 +30,7 @@ module holds the config, the uncertainty head and the model that wires them.
 :class:`UGTSR` keeps the tokenizer inside (``tokenizer.`` prefix of one safetensors file,
 ``model_type "ugtsr"``); the tokenizer stays frozen and in eval mode.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,33 +99,57 @@ class UGTSRConfig:
 # CPU with the f=4 `vqgan-small` tokenizer; `tiny` is for tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
-        enc_ch=256, enc_ch_max=256, enc_res_blocks=2, swin_dim=256, swin_groups=4, swin_depth=6,
-        swin_heads=8, swin_window=8, fusion_dim=256, fusion_heads=8, fusion_blocks=1, align_dim=256,
-        align_heads=8, align_window=8, uncertainty_hidden=64,
+        enc_ch=256,
+        enc_ch_max=256,
+        enc_res_blocks=2,
+        swin_dim=256,
+        swin_groups=4,
+        swin_depth=6,
+        swin_heads=8,
+        swin_window=8,
+        fusion_dim=256,
+        fusion_heads=8,
+        fusion_blocks=1,
+        align_dim=256,
+        align_heads=8,
+        align_window=8,
+        uncertainty_hidden=64,
     ),
     "small": dict(
-        enc_ch=48, enc_ch_max=96, enc_res_blocks=1, swin_dim=96, swin_groups=2, swin_depth=2,
-        swin_heads=4, swin_window=8, fusion_dim=96, fusion_heads=4, fusion_blocks=1, align_dim=96,
-        align_heads=4, align_window=8, uncertainty_hidden=32,
+        enc_ch=48,
+        enc_ch_max=96,
+        enc_res_blocks=1,
+        swin_dim=96,
+        swin_groups=2,
+        swin_depth=2,
+        swin_heads=4,
+        swin_window=8,
+        fusion_dim=96,
+        fusion_heads=4,
+        fusion_blocks=1,
+        align_dim=96,
+        align_heads=4,
+        align_window=8,
+        uncertainty_hidden=32,
     ),
     "tiny": dict(
-        enc_ch=8, enc_ch_max=16, enc_res_blocks=1, swin_dim=16, swin_groups=1, swin_depth=2,
-        swin_heads=2, swin_window=4, fusion_dim=16, fusion_heads=2, fusion_blocks=1, align_dim=16,
-        align_heads=2, align_window=4, uncertainty_hidden=8,
+        enc_ch=8,
+        enc_ch_max=16,
+        enc_res_blocks=1,
+        swin_dim=16,
+        swin_groups=1,
+        swin_depth=2,
+        swin_heads=2,
+        swin_window=4,
+        fusion_dim=16,
+        fusion_heads=2,
+        fusion_blocks=1,
+        align_dim=16,
+        align_heads=2,
+        align_window=4,
+        uncertainty_hidden=8,
     ),
 }
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --- uncertainty head -------------------------------------------------------------------------
@@ -136,7 +161,10 @@ class UncertaintyHead(nn.Module):
     def __init__(self, in_ch: int, hidden: int, out_ch: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            group_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, hidden, 3, padding=1), nn.SiLU(),
+            group_norm(in_ch),
+            nn.SiLU(),
+            nn.Conv2d(in_ch, hidden, 3, padding=1),
+            nn.SiLU(),
             nn.Conv2d(hidden, out_ch, 3, padding=1),
         )
 
@@ -192,19 +220,24 @@ class UGTSR(nn.Module, PretrainedMixin):
             LQPyramid(c.swin_dim, self.stage_channels, max(self.fusion_stages)) if self.fusion_stages else None
         )
         self.inject = nn.ModuleDict(
-            {str(i): zero_module(nn.Conv2d(self.stage_channels[i], self.stage_channels[i], 1))
-             for i in self.fusion_stages if i not in self.align_stages}
+            {
+                str(i): zero_module(nn.Conv2d(self.stage_channels[i], self.stage_channels[i], 1))
+                for i in self.fusion_stages
+                if i not in self.align_stages
+            }
         )
         self.fusion = (
             TopKFusion(C, c.top_k, c.fusion_dim, c.fusion_heads, c.fusion_blocks, c.fusion_ffn, c.fusion_with_lq)
-            if c.top_k > 1 else None
+            if c.top_k > 1
+            else None
         )
         align: dict[str, nn.Module] = {}
         for i in self.align_stages:
             q_dim = c.swin_dim if i == 0 else self.stage_channels[i]
             kv_dim = C if i == 0 else self.stage_channels[i]
-            align[str(i)] = AlignAttention(q_dim, kv_dim, self.stage_channels[i], c.align_dim, c.align_heads,
-                                           c.align_window)
+            align[str(i)] = AlignAttention(
+                q_dim, kv_dim, self.stage_channels[i], c.align_dim, c.align_heads, c.align_window
+            )
         self.align = nn.ModuleDict(align)
         out_ch = int(dec.norm_out.num_channels)
         self.uncertainty = (
@@ -268,8 +301,11 @@ class UGTSR(nn.Module, PretrainedMixin):
             raise ValueError(f"'{name_or_path}' holds a {data.get('model_type')} model, not {self.model_type}")
         saved = load_file(str(folder / WEIGHTS_NAME), device="cpu")
         state = self.state_dict()
-        if any(k not in saved or saved[k].shape != v.shape or not torch.equal(saved[k].to(v), v)
-               for k, v in state.items() if k.startswith("tokenizer.")):
+        if any(
+            k not in saved or saved[k].shape != v.shape or not torch.equal(saved[k].to(v), v)
+            for k, v in state.items()
+            if k.startswith("tokenizer.")
+        ):
             raise ValueError(f"'{name_or_path}' was trained on another tokenizer")
         own = {k: v for k, v in state.items() if not k.startswith("tokenizer.")}
         take = {k: saved[k] for k, v in own.items() if k in saved and saved[k].shape == v.shape}
@@ -293,7 +329,7 @@ class UGTSR(nn.Module, PretrainedMixin):
     @property
     def pad_multiple(self) -> int:
         """LR sides must be multiples of this (the encoder's downsamplings)."""
-        return 2 ** self.encoder.n_down
+        return 2**self.encoder.n_down
 
     def train(self, mode: bool = True) -> UGTSR:
         """The frozen tokenizer always stays in eval mode (its EMA codebook must never move)."""
@@ -315,11 +351,15 @@ class UGTSR(nn.Module, PretrainedMixin):
         """The trained k, or 1 (plain nearest matching, skipping the fusion)."""
         k = self.config.top_k if top_k is None else int(top_k)
         if k not in (1, self.config.top_k):
-            raise ValueError(f"this model was trained with top_k={self.config.top_k}; it can run with k = "
-                             f"{self.config.top_k} or 1, not {k}")
+            raise ValueError(
+                f"this model was trained with top_k={self.config.top_k}; it can run with k = "
+                f"{self.config.top_k} or 1, not {k}"
+            )
         return k
 
-    def match(self, z: torch.Tensor, top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    def match(
+        self, z: torch.Tensor, top_k: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Top-k matching of LQ features ``z`` (eqs. 6-8).
 
         Returns ``(z_q, z_fused, indices, candidates)``: ``z_q`` is the matched code with a

@@ -48,6 +48,7 @@ no adaptive balance, as the paper) are one :class:`tokensr.nn.losses.ImageLoss`.
 here is UGTSR's own: the codebook loss on ``z^l`` / ``z'``, the ESU / UDL terms and the
 matching accuracies of validation.
 """
+
 from __future__ import annotations
 
 import logging
@@ -105,8 +106,19 @@ class _Stage(TaskBase):
     """What both stages share: the model, its losses, validation, export."""
 
     stage = ""  # "esu" | "udl"
-    keys = ("tokenizer", "init", "warm_start", "preset", "scale", "model", "uncertainty", "uncertainty_from",
-            "uncertainty_source", "losses", "discriminator")
+    keys = (
+        "tokenizer",
+        "init",
+        "warm_start",
+        "preset",
+        "scale",
+        "model",
+        "uncertainty",
+        "uncertainty_from",
+        "uncertainty_source",
+        "losses",
+        "discriminator",
+    )
     degradation = "bsrgan"
     model_name = "ugtsr"
 
@@ -127,14 +139,19 @@ class _Stage(TaskBase):
         perceptual = None
         if lw["perceptual"] > 0:
             try:
-                perceptual = build_perceptual_loss(lw["perceptual_loss"], self.model.tokenizer,
-                                                   str(lw["perceptual_criterion"]))
+                perceptual = build_perceptual_loss(
+                    lw["perceptual_loss"], self.model.tokenizer, str(lw["perceptual_criterion"])
+                )
             except ValueError as e:
                 raise OptionError(str(e)) from e
             if perceptual is not None:
                 perceptual = perceptual.to(self.device).eval().requires_grad_(False)
-        self.loss = self.image_loss({**lw, "adaptive": False}, input_range=(0.0, 1.0), perceptual=perceptual,
-                                    discriminator={"type": "unet", "nf": 64})
+        self.loss = self.image_loss(
+            {**lw, "adaptive": False},
+            input_range=(0.0, 1.0),
+            perceptual=perceptual,
+            discriminator={"type": "unet", "nf": 64},
+        )
         self.perceptual = self.loss.perceptual
 
     # --- model --------------------------------------------------------------------------------
@@ -156,8 +173,9 @@ class _Stage(TaskBase):
         # stage I needs the head when it learns uncertainty; a fresh stage II has no trained one
         fields.setdefault("uncertainty_head", self.use_uncertainty and self.stage == "esu")
         try:
-            return UGTSR.create(tokenizer.to(self.device), scale=int(self.cfg.get("scale", 4)), preset=self.preset,
-                                **fields)
+            return UGTSR.create(
+                tokenizer.to(self.device), scale=int(self.cfg.get("scale", 4)), preset=self.preset, **fields
+            )
         except ValueError as e:
             raise OptionError(str(e)) from e
 
@@ -196,9 +214,14 @@ class _Stage(TaskBase):
                 copied, bridged, fresh = model.warm_start(source)
             except (FileNotFoundError, ValueError) as e:
                 raise OptionError(f"warm_start {source}: {str(e).splitlines()[0]}") from e
-            log.info("warm start from %s: %d tensors copied, %d bridged (function-preserving start), %d fresh (%s)",
-                     source, len(copied), len(bridged), len(fresh),
-                     ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""))
+            log.info(
+                "warm start from %s: %d tensors copied, %d bridged (function-preserving start), %d fresh (%s)",
+                source,
+                len(copied),
+                len(bridged),
+                len(fresh),
+                ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""),
+            )
         return model
 
     def _trained_modules(self) -> list[nn.Module]:
@@ -222,7 +245,9 @@ class _Stage(TaskBase):
     def _uncertainty_wanted(self) -> bool:
         return False
 
-    def _uncertainty_term(self, out: Any, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
+    def _uncertainty_term(
+        self, out: Any, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor
+    ) -> tuple[torch.Tensor | None, dict[str, float]]:
         return None, {}
 
     def _codebook_term(self, out: Any, z_gt: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -282,8 +307,11 @@ class _Stage(TaskBase):
         acc = MatchingAccuracy()
         acc.add(gt, knn_codes(out.z_lq, self.model.codebook, min(5, self.model.codebook.shape[0])), out.indices)
         bicubic = F.interpolate(lr, scale_factor=self.model.scale, mode="bicubic", align_corners=False).clamp(0, 1)
-        metrics = {"val_psnr": L.psnr(sr, hr), "val_psnr_bicubic": L.psnr(bicubic, hr),
-                   "val_l1": (sr - hr).abs().mean().item()}
+        metrics = {
+            "val_psnr": L.psnr(sr, hr),
+            "val_psnr_bicubic": L.psnr(bicubic, hr),
+            "val_l1": (sr - hr).abs().mean().item(),
+        }
         metrics.update({f"val_match_{k}": v for k, v in acc.row().items()})
         rows, name = [bicubic, sr, hr], "bicubic_sr_hr"
         if out.uncertainty is not None:
@@ -335,7 +363,9 @@ class ESUTask(_Stage):
     def _uncertainty_loss_name(self) -> str:
         return "esu" if self._uncertainty_wanted() else "none"
 
-    def _uncertainty_term(self, out: Any, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
+    def _uncertainty_term(
+        self, out: Any, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor
+    ) -> tuple[torch.Tensor | None, dict[str, float]]:
         if out.uncertainty is None:
             return None, {}
         esu = esu_loss(sr, hr, out.uncertainty)
@@ -349,8 +379,9 @@ class UDLTask(_Stage):
     stage = "udl"
 
     def __init__(self, cfg: dict[str, Any], device: torch.device | str) -> None:
-        self.source = check_choice("uncertainty_source", dict(cfg).get("uncertainty_source", "estimator"),
-                                   UNCERTAINTY_SOURCES)
+        self.source = check_choice(
+            "uncertainty_source", dict(cfg).get("uncertainty_source", "estimator"), UNCERTAINTY_SOURCES
+        )
         self.estimator: UGTSR | None = None
         super().__init__(cfg, device)
         if self.use_uncertainty and self.loss_weights["udl"] > 0:
@@ -366,8 +397,10 @@ class UDLTask(_Stage):
         """The frozen stage-I model that predicts the uncertainty maps (shares the tokenizer)."""
         src = self.cfg.get("uncertainty_from", self.cfg.get("init"))
         if src is None:
-            raise OptionError("the UDL loss needs the stage-I model: set init or uncertainty_from "
-                              "(or uncertainty=false for the plain-L1 variant)")
+            raise OptionError(
+                "the UDL loss needs the stage-I model: set init or uncertainty_from "
+                "(or uncertainty=false for the plain-L1 variant)"
+            )
         est = src if isinstance(src, UGTSR) else self._load(src)
         if est.uncertainty is None:
             raise OptionError(f"uncertainty_from {src}: that model has no uncertainty head (train stage I first)")
@@ -406,7 +439,9 @@ class UDLTask(_Stage):
         self.estimator.eval()
         return self.estimator(lr, with_uncertainty=True).uncertainty
 
-    def _uncertainty_term(self, out: Any, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
+    def _uncertainty_term(
+        self, out: Any, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor
+    ) -> tuple[torch.Tensor | None, dict[str, float]]:
         if not (self.use_uncertainty and self.loss_weights["udl"] > 0):
             return None, {}
         s = self.uncertainty_map(lr, out)

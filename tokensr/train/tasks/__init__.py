@@ -4,6 +4,7 @@ Every task class is built as ``TaskClass(task_config: dict, device: torch.device
 :mod:`tokensr.train.task`). A config may also name any class directly as
 ``"package.module:ClassName"`` (for your own tasks).
 """
+
 from __future__ import annotations
 
 import importlib

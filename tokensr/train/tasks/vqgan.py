@@ -29,9 +29,10 @@ weights.
 
 The shared task layer (:class:`tokensr.train.base.TaskBase`) reads the config, builds the
 crops and the validation batch; the image terms and the discriminator are one
-:class:`tokensr.nn.losses.ImageLoss`. Validation reports PSNR and L1 of fixed crops, and codebook usage/perplexity over them;
-``export`` writes the VQGAN with ``save_pretrained``.
+:class:`tokensr.nn.losses.ImageLoss`. Validation reports PSNR and L1 of fixed crops, and codebook
+usage/perplexity over them; ``export`` writes the VQGAN with ``save_pretrained``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -160,8 +161,12 @@ class VQGANTask(TaskBase):
         out = self.loss(rec, x, step, last_layer=self.model.last_layer, sample_weight=sample_weight)
         g = out.g + self.loss_weights["codebook"] * q.loss if q.loss.requires_grad else out.g
         logs = dict(out.logs)
-        logs.update(vq_loss=q.loss.item(), usage=q.usage.item(), perplexity=q.perplexity.item(),
-                    psnr=L.psnr((rec.detach().float() + 1) / 2, hr))
+        logs.update(
+            vq_loss=q.loss.item(),
+            usage=q.usage.item(),
+            perplexity=q.perplexity.item(),
+            psnr=L.psnr((rec.detach().float() + 1) / 2, hr),
+        )
         return out.per_optimizer(g), logs
 
     # --- validation / export ---------------------------------------------------------------------
@@ -187,7 +192,6 @@ class VQGANTask(TaskBase):
         }
         n = min(self.val.images, images.shape[0])
         return metrics, {"input_vs_recon": image_rows([images, torch.cat(recs)], n)}
-
 
 
 __all__ = ["LOSS_DEFAULTS", "VQGANTask", "model_config"]
