@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("tokensr.cli.bench", "run methods side by side on datasets"),
     "train": ("tokensr.cli.train", "train a model from a YAML config"),
     "web": ("tokensr.cli.web", "a local web page: drop photos in, download them upscaled"),
+    "convert": ("tokensr.cli.convert", "convert an author's released checkpoint into a weights folder"),
 }
 
 
