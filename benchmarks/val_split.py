@@ -4,6 +4,12 @@ and degraded with a fixed seed, as ``OUT/hr`` + ``OUT/lr`` pairs for ``tokensr b
 Defaults (stride, colour levels, alpha, which checkpoint to bundle) are chosen on this split;
 Set14 and RealSet65 are reported as test sets only.
 
+The split recorded in docs before 2026-12-07's degradation update was built with the old
+Real-ESRGAN JPEG and area resize (libjpeg, OpenCV INTER_AREA); the pipeline's defaults are now
+BasicSR's DiffJPEG and torch's area pooling (docs/degradations.md), so a split built today has
+other LR images: compare a candidate with the bundled model on the same build, never with
+numbers recorded from another one.
+
     PYTHONPATH=. python benchmarks/val_split.py runs/val_split [--train ../shared/data/train]
         [--pipeline realesrgan] [--crop 384] [--seed 9000]
 """

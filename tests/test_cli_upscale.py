@@ -332,8 +332,11 @@ def test_dry_run_prints_sizes_time_and_memory_and_writes_nothing(make_image, tmp
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("dry run: realsrt x4, 2 image(s)")
     gray = next(line for line in lines if "gray.jpg" in line)
-    # 120 x 160 = 0.0192 MP at 23 s/MP plus 0.4 s/MP to write
-    assert "30x40 -> 120x160" in gray and "~0.4s" in gray and "peak ~" in gray and "MB" in gray
+    # 120 x 160 = 0.0192 MP at the table's realsrt s/MP plus the writing cost
+    from tokensr.inference.costs import SECONDS_PER_MP, WRITE_SECONDS_PER_MP
+
+    seconds = 0.0192 * (SECONDS_PER_MP["realsrt"] + WRITE_SECONDS_PER_MP)
+    assert "30x40 -> 120x160" in gray and f"~{seconds:.1f}s" in gray and "peak ~" in gray and "MB" in gray
     assert lines[-1].startswith("total: ~") and "0 would fail" in lines[-1]
     out.mkdir()
     (out / "small.png").write_bytes(b"x")

@@ -64,6 +64,9 @@ def test_files_that_are_not_checkpoints_are_refused_in_one_line(tmp_path: Path) 
     text.write_text("hello, not a checkpoint\n")
     with pytest.raises(ConversionError, match="is not a PyTorch checkpoint or safetensors file"):
         read_checkpoint(text)
+    (tmp_path / "random.pth").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(ConversionError, match="is not a PyTorch checkpoint or safetensors file"):
+        read_checkpoint(tmp_path / "random.pth")
     torch.save({"args": argparse.Namespace(lr=1)}, tmp_path / "pickled.pth")
     with pytest.raises(ConversionError, match=r"Python objects \(argparse.Namespace\).*weights-only"):
         read_checkpoint(tmp_path / "pickled.pth")

@@ -3,12 +3,14 @@ the training task's model building (presets, overrides, init)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 from tokensr.errors import OptionError
+from tokensr.nn import losses as L
 from tokensr.nn.vqgan import PRESETS, VQGAN, VQGANConfig
 from tokensr.train.tasks.vqgan import VQGANTask, model_config
 
@@ -198,3 +200,22 @@ def test_decoder_only_training_keeps_the_tokens(tmp_path: Path) -> None:
     assert torch.equal(task.model.eval().tokenize(x), tokens)
     with pytest.raises(OptionError, match="trainable"):
         VQGANTask({"init": str(tmp_path / "boot"), "trainable": "encoder"}, "cpu")
+
+
+@pytest.mark.parametrize("unit_range", [False, True])
+def test_task_trains_in_the_models_own_image_range(tmp_path: Path, unit_range: bool) -> None:
+    """A unit_range VQGAN (the paper RealSRT tokenizer takes [0, 1]) is fed and scored in [0, 1]:
+    the task's L1 equals the mean |x - from_net(reconstruction)| and its PSNR agrees with it."""
+    torch.manual_seed(0)
+    src = VQGAN(dataclasses.replace(TINY, unit_range=unit_range)).train()
+    src(src.to_net(torch.rand(2, 3, 16, 16)))
+    src.save_pretrained(tmp_path / "boot")
+    task = VQGANTask({"init": str(tmp_path / "boot"), "losses": {"gan": 0, "l1": 1.0, "l2": 0.0}}, "cpu")
+    task.model.eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        _, logs = task.losses({"hr": x}, step=0)
+        rec01 = task.model.from_net(task.model(task.model.to_net(x)).recon)
+    scale = 1.0 if unit_range else 2.0  # the L1 is taken in the network's range
+    assert logs["l1"] == pytest.approx(scale * float((rec01 - x).abs().mean()), rel=1e-4)
+    assert logs["psnr"] == pytest.approx(L.psnr(rec01, x), abs=1e-3)

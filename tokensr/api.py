@@ -31,6 +31,7 @@ MODEL_TYPE_TO_METHOD: dict[str, str] = {
     "realsrt": "realsrt",
     "iter": "iter",
     "ugtsr": "ugtsr",
+    "femasr": "femasr",
 }
 
 DEFAULT_SCALE = 4

@@ -60,7 +60,7 @@ def side_by_side(
         draw.text((gap, 3), title, fill=(0, 0, 0), font=font)
     for i, (label, crop) in enumerate(panels):
         x = gap + i * (panel_size + gap)
-        img = Image.fromarray(np.ascontiguousarray(crop)).resize((panel_size, panel_size), Image.NEAREST)
+        img = Image.fromarray(np.ascontiguousarray(crop)).resize((panel_size, panel_size), Image.Resampling.NEAREST)
         canvas.paste(img, (x, title_h + gap))
         draw.multiline_text((x + 2, title_h + gap + panel_size + 3), label, fill=(0, 0, 0), font=font, spacing=2)
     path = Path(path)

@@ -117,8 +117,9 @@ def build_methods(cfg: BenchConfig, build: Builder) -> list[tuple[MethodSpec, Ca
             options.setdefault("tile", cfg.tile)
         log.info("building %s", spec.label)
         method = build(spec.name, scale=cfg.scale, weights=spec.weights, device=cfg.device, **options)
-        if getattr(method, "scale", cfg.scale) != cfg.scale:
-            raise OptionError(f"{spec.label} upscales x{method.scale}, the benchmark runs at x{cfg.scale}")
+        method_scale = getattr(method, "scale", cfg.scale)
+        if method_scale != cfg.scale:
+            raise OptionError(f"{spec.label} upscales x{method_scale}, the benchmark runs at x{cfg.scale}")
         built.append((spec, method))
     return built
 
@@ -138,7 +139,9 @@ def _describe(ds: Dataset, cfg: BenchConfig) -> str:
 def run_bench(cfg: BenchConfig, build: Builder | None = None) -> BenchResult:
     """Run ``cfg`` and write everything under ``cfg.out``; returns the rows and summary."""
     if build is None:
-        from tokensr.methods import build_method as build
+        from tokensr.methods import build_method
+
+        build = build_method
     if cfg.figures < 0:
         raise OptionError("figures must be >= 0")
     datasets = [load_dataset(d, cfg.max_images) for d in cfg.data]

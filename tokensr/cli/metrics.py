@@ -77,28 +77,28 @@ def run(args: argparse.Namespace) -> int:
         if needs:
             raise OptionError(f"{', '.join(needs)} need a reference: give HR as the second argument")
     suite = MetricSuite(names, crop_border=args.crop_border, weights_dir=args.metric_weights)
-    rows = []
+    rows: list[tuple[str, dict[str, float]]] = []  # (image stem, scores by metric)
     for stem, sr_path, hr_path in pairs:
         sr = read_rgb(sr_path)
         hr = read_rgb(hr_path) if hr_path is not None else None
         if hr is not None and sr.shape != hr.shape:
             raise OptionError(f"{sr_path.name}: SR is {sr.shape[1]}x{sr.shape[0]}, HR is {hr.shape[1]}x{hr.shape[0]}")
-        rows.append({"image": stem, **suite(sr, hr)})
+        rows.append((stem, suite(sr, hr)))
 
     cols = suite.names
-    width = max(5, *(len(r["image"]) for r in rows))
+    width = max(5, *(len(stem) for stem, _ in rows))
     print(f"{'image':<{width}}  " + "  ".join(f"{METRICS[c].label:>12}" for c in cols))
-    for r in rows:
-        print(f"{r['image']:<{width}}  " + "  ".join(f"{_fmt(r[c], METRICS[c].digits):>12}" for c in cols))
+    for stem, scores in rows:
+        print(f"{stem:<{width}}  " + "  ".join(f"{_fmt(scores[c], METRICS[c].digits):>12}" for c in cols))
     if len(rows) > 1:
-        means = {c: _mean([r[c] for r in rows]) for c in cols}
+        means = {c: _mean([scores[c] for _, scores in rows]) for c in cols}
         print(f"{'mean':<{width}}  " + "  ".join(f"{_fmt(means[c], METRICS[c].digits):>12}" for c in cols))
     if args.csv is not None:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["image", *cols])
             w.writeheader()
-            for r in rows:
-                w.writerow({k: (repr(round(v, 6)) if isinstance(v, float) else v) for k, v in r.items()})
+            for stem, scores in rows:
+                w.writerow({"image": stem, **{k: repr(round(v, 6)) for k, v in scores.items()}})
     sys.stdout.flush()
     return 0
 

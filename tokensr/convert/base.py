@@ -92,7 +92,12 @@ def read_checkpoint(path: str | Path) -> StateDict:
             obj: Any = load_file(str(file))
         else:
             obj = torch.load(str(file), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # a weights-only load refused a Python object
+    except pickle.UnpicklingError as e:  # a weights-only load refused a Python object, or garbage
+        if "Unsupported global" not in str(e):
+            raise ConversionError(
+                f"{path} is not a PyTorch checkpoint or safetensors file ({file.stat().st_size} bytes, "
+                f"starts with {file.read_bytes()[:8]!r})"
+            ) from e
         glob = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         what = f" ({glob.group(1)})" if glob else ""
         raise ConversionError(

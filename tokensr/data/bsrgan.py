@@ -8,13 +8,14 @@ BSRGAN (Zhang et al., ICCV 2021, ``degradation_bsrgan``), used by FeMaSR / UGTSR
   two blurs (anisotropic Gaussian from covariance eigenvalues, or isotropic ``fspecial``
   Gaussian, p = 0.5 each), downsample-2 (p = 0.75 a random resize by 1/U(1, 2s), else a
   (s-1)/2-shifted Gaussian blur + decimation), downsample-3 (resize to the target size),
-  Gaussian noise (2..25, colour / gray / channel-correlated), JPEG with p = 0.9, and camera
-  ISP noise with p = 0.25 (needs an ISP model, not available: skipped and recorded);
+  Gaussian noise (2..25, colour / gray / channel-correlated), JPEG with p = 0.9, and processed
+  camera sensor noise with p = 0.25 (``ops.isp_noise``, tokensr's own unprocess -> raw noise ->
+  process model; BSRGAN's ISP model is not public and its released code skips the slot);
 - a final JPEG (30..95) always.
 
 BSRGAN-plus (``degradation_bsrgan_plus``, also adopted by Real-ESRGAN's authors):
 USM-sharpened input, then 13 slots: blur, resize, Gaussian noise, Poisson (p = 0.1),
-speckle (p = 0.1), ISP (p = 0.1, skipped), JPEG, blur, resize, Gaussian noise, Poisson,
+speckle (p = 0.1), ISP (p = 0.1), JPEG, blur, resize, Gaussian noise, Poisson,
 speckle, ISP; fully shuffled with p = 0.5, else in this order with the four noise slots of
 each half shuffled among themselves; then a resize to the target size and a final JPEG.
 """
@@ -48,7 +49,8 @@ class BSRGANConfig:
     scale2_prob: float = 0.25  # extra x2 downscale first (x4 only)
     downsample2_resize_prob: float = 0.75  # else shifted Gaussian + decimation
     jpeg_prob: float = 0.9
-    isp_prob: float = 0.25  # recorded; applying it needs a camera ISP model (not included)
+    isp_prob: float = 0.25  # processed camera sensor noise (ops.isp_noise)
+    isp_noise: bool = True  # False: draw and record the ISP slot but skip it (BSRGAN's released code)
     # BSRGAN-plus only
     plus_shuffle_prob: float = 0.5
     plus_poisson_prob: float = 0.1
@@ -145,6 +147,13 @@ class BSRGANDegradation:
             gray = True
         return np.clip(out, 0.0, 1.0), {"op": "poisson", "vals": vals, "gray": gray}
 
+    def _isp(self, rng: np.random.Generator, img: np.ndarray, prob: float) -> tuple[np.ndarray, dict[str, Any]]:
+        drawn = bool(rng.uniform() < prob)
+        if not (drawn and self.cfg.isp_noise):
+            return img, {"op": "isp", "drawn": drawn, "applied": False}
+        out, info = ops.isp_noise(rng, img)
+        return out, {"op": "isp", "drawn": True, "applied": True, **info}
+
     def _jpeg(self, rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         lo, hi = self.cfg.jpeg_range
         q = int(rng.integers(lo, hi + 1))
@@ -231,8 +240,7 @@ class BSRGANDegradation:
                 else:
                     info = {"op": "jpeg", "quality": None}
             else:
-                applied = bool(rng.uniform() < cfg.isp_prob)
-                info = {"op": "isp", "drawn": applied, "applied": False}
+                img, info = self._isp(rng, img, cfg.isp_prob)
             steps.append(info)
         img, info = self._jpeg(rng, img)
         info["op"] = "final_jpeg"
@@ -278,8 +286,7 @@ class BSRGANDegradation:
                 else:
                     info = {"op": "speckle", "applied": False}
             else:
-                applied = bool(rng.uniform() < cfg.plus_isp_prob)
-                info = {"op": "isp", "drawn": applied, "applied": False}
+                img, info = self._isp(rng, img, cfg.plus_isp_prob)
             steps.append(info)
         mode = _mode(rng)
         img = np.clip(ops.resize(img, (h // scale, w // scale), mode), 0.0, 1.0)

@@ -50,7 +50,7 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
         # Pillow global); its warning between the two limits is not an error for a photo.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im: Image.Image = Image.open(path)  # becomes a plain Image when converted below
         with im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):

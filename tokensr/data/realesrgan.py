@@ -11,9 +11,12 @@ Order of operations (Wang et al., ICCV-W 2021; BasicSR ``RealESRGANDataset`` +
    else:        clamp -> JPEG -> [resize to HR/scale + final sinc];
 4. clamp and round to 8 bits.
 
-Differences from BasicSR, all deliberate: JPEG is real libjpeg at the integer quality
-(BasicSR uses a differentiable JPEG with a float quality), and each sample draws its own
-resize parameters (BasicSR draws them once per GPU batch).
+JPEG and 'area' resizing follow BasicSR by default: JPEG is simulated in floating point like
+BasicSR's DiffJPEG (``jpeg_backend="dct"``, real-valued quality, see ``ops.jpeg_dct``; the old
+libjpeg round trip at an integer quality is ``jpeg_backend="libjpeg"``), and 'area' is torch's
+adaptive average pooling (``torch_area=True``; ``False`` is OpenCV's INTER_AREA). The one
+deliberate difference: each sample draws its own resize parameters (BasicSR draws them once per
+GPU batch).
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class RealESRGANConfig:
     final_sinc_sizes: tuple[int, ...] = tuple(range(7, 22, 2))
     final_sinc_omega: tuple[float, float] = (math.pi / 3, math.pi)
     resize_back_first_prob: float = 0.5  # p of [resize + sinc] -> JPEG (else JPEG first)
+    jpeg_backend: str = "dct"  # "dct": BasicSR's float DiffJPEG; "libjpeg": OpenCV, integer quality
+    torch_area: bool = True  # 'area' resizes as torch's adaptive average pooling (BasicSR)
     usm: bool = True  # degrade the USM-sharpened HR, as Real-ESRGAN does
     usm_weight: float = 0.5
     usm_radius: int = 50
@@ -108,9 +113,22 @@ def _add_noise(rng: np.random.Generator, img: np.ndarray, p: DegradationPass) ->
     return np.clip(out, 0.0, 1.0), info
 
 
-def _jpeg(rng: np.random.Generator, img: np.ndarray, quality_range: tuple[float, float]) -> tuple[np.ndarray, int]:
-    q = int(round(float(rng.uniform(*quality_range))))
-    return ops.jpeg(np.clip(img, 0.0, 1.0), q), q
+def _jpeg(
+    rng: np.random.Generator, img: np.ndarray, quality_range: tuple[float, float], backend: str
+) -> tuple[np.ndarray, float]:
+    q = float(rng.uniform(*quality_range))
+    if backend == "dct":
+        return ops.jpeg_dct(np.clip(img, 0.0, 1.0), q), q
+    if backend == "libjpeg":
+        qi = int(round(q))
+        return ops.jpeg(np.clip(img, 0.0, 1.0), qi), qi
+    raise ValueError(f"unknown jpeg_backend {backend!r}; choose 'dct' or 'libjpeg'")
+
+
+def _resize(img: np.ndarray, out_hw: tuple[int, int], mode: str, torch_area: bool) -> np.ndarray:
+    if mode == "area" and torch_area:
+        return ops.resize_area_pool(img, out_hw)
+    return ops.resize(img, out_hw, mode)
 
 
 class RealESRGANDegradation:
@@ -133,7 +151,14 @@ class RealESRGANDegradation:
         if scale < 1 or h % scale or w % scale:
             raise ValueError(f"HR size {h}x{w} is not a multiple of the scale {scale}")
         th, tw = h // scale, w // scale
-        params: dict[str, Any] = {"pipeline": self.name, "scale": int(scale), "hr_hw": [h, w], "usm": cfg.usm}
+        params: dict[str, Any] = {
+            "pipeline": self.name,
+            "scale": int(scale),
+            "hr_hw": [h, w],
+            "usm": cfg.usm,
+            "jpeg_backend": cfg.jpeg_backend,
+            "torch_area": cfg.torch_area,
+        }
 
         # kernels are drawn up front, like the dataset does in BasicSR
         k1, params["kernel1"] = mixed_kernel(rng, cfg.kernel1)
@@ -154,10 +179,10 @@ class RealESRGANDegradation:
         kind, f = _draw_resize_factor(rng, cfg.pass1)
         mode = _choose(rng, cfg.pass1.resize_modes)
         size1 = (max(1, int(h * f)), max(1, int(w * f)))
-        out = ops.resize(out, size1, mode)
+        out = _resize(out, size1, mode, cfg.torch_area)
         params["resize1"] = {"type": kind, "scale": f, "mode": mode, "out_hw": list(size1)}
         out, params["noise1"] = _add_noise(rng, out, cfg.pass1)
-        out, params["jpeg1"] = _jpeg(rng, out, cfg.pass1.jpeg_range)
+        out, params["jpeg1"] = _jpeg(rng, out, cfg.pass1.jpeg_range, cfg.jpeg_backend)
 
         # ---- second pass ----
         blur2 = bool(rng.uniform() < cfg.second_blur_prob)
@@ -167,7 +192,7 @@ class RealESRGANDegradation:
         kind, f = _draw_resize_factor(rng, cfg.pass2)
         mode = _choose(rng, cfg.pass2.resize_modes)
         size2 = (max(1, int(h / scale * f)), max(1, int(w / scale * f)))
-        out = ops.resize(out, size2, mode)
+        out = _resize(out, size2, mode, cfg.torch_area)
         params["resize2"] = {"type": kind, "scale": f, "mode": mode, "out_hw": list(size2)}
         out, params["noise2"] = _add_noise(rng, out, cfg.pass2)
 
@@ -177,13 +202,13 @@ class RealESRGANDegradation:
         params["final_order"] = "resize+sinc,jpeg" if resize_first else "jpeg,resize+sinc"
         params["final_resize_mode"] = final_mode
         if resize_first:
-            out = ops.resize(out, (th, tw), final_mode)
+            out = _resize(out, (th, tw), final_mode, cfg.torch_area)
             if sinc is not None:
                 out = ops.filter2d(out, sinc)
-            out, params["jpeg2"] = _jpeg(rng, out, cfg.pass2.jpeg_range)
+            out, params["jpeg2"] = _jpeg(rng, out, cfg.pass2.jpeg_range, cfg.jpeg_backend)
         else:
-            out, params["jpeg2"] = _jpeg(rng, out, cfg.pass2.jpeg_range)
-            out = ops.resize(out, (th, tw), final_mode)
+            out, params["jpeg2"] = _jpeg(rng, out, cfg.pass2.jpeg_range, cfg.jpeg_backend)
+            out = _resize(out, (th, tw), final_mode, cfg.torch_area)
             if sinc is not None:
                 out = ops.filter2d(out, sinc)
 

@@ -4,8 +4,11 @@ from a measured model of where the bytes go. Used by ``tokensr upscale --dry-run
 Speeds (``SECONDS_PER_MP``) are wall-clock seconds of the method per *output* megapixel on 2
 idle x86 CPU cores with torch's CPU build and default options:
 
-- realsrt 23: ``tokensr bench`` on idle cores (docs/realsrt_steps.md); ugtsr 16, iter 13,
-  realesrgan 18: timed the same way on the same machine (December 2026);
+- realsrt 24: the default (v3, token windows, channels-last convolutions) on a 128-px LR crop
+  of Set14's baboon, 2 idle cores, 2026-12-07 (realesrgan 15.6-16.6 in the same run);
+  ugtsr 16, iter 13, realesrgan 18: ``tokensr bench`` on idle cores, December 2026;
+- femasr 70: the authors' full-size x4 network (34 M parameters), CPU time on a 128-px LR
+  input on loaded cores (docs/femasr.md), so an upper bound;
 - span 1.2: the benchmark's 4.9-5.6 s/MP on a loaded machine (docs/benchmarks/README.md),
   scaled by realesrgan's loaded/idle ratio (80-88 against 18);
 - bicubic 0.15: the benchmark's figure.
@@ -36,8 +39,9 @@ from dataclasses import dataclass
 
 # Seconds of the method per output megapixel on 2 idle CPU cores (sources: module docstring).
 SECONDS_PER_MP: dict[str, float] = {
-    "realsrt": 23.0,
+    "realsrt": 24.0,
     "ugtsr": 16.0,
+    "femasr": 70.0,
     "iter": 13.0,
     "realesrgan": 18.0,
     "span": 1.2,

@@ -20,6 +20,7 @@ METHODS: dict[str, str] = {
     "realsrt": "tokensr.methods.realsrt.method:build",
     "iter": "tokensr.methods.iter.method:build",
     "ugtsr": "tokensr.methods.ugtsr.method:build",
+    "femasr": "tokensr.methods.femasr.method:build",
 }
 
 # `tokensr upscale` without --method: the first of these whose bundled weights exist for the

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -98,7 +99,7 @@ def _load_features(features: nn.Sequential, path: Path) -> None:
     features.load_state_dict(sub)
 
 
-_VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+_VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
 
 def vgg16_features() -> nn.Sequential:
@@ -140,6 +141,9 @@ class LPIPS(nn.Module):
     """LPIPS v0.1: unit-normalised backbone activations, squared difference, learned
     per-channel weights (a 1x1 conv), spatial mean, summed over five layers."""
 
+    shift: torch.Tensor  # buffers, registered in __init__
+    scale: torch.Tensor
+
     # (layer index after which a feature is taken, channels) in torchvision numbering
     TAPS = {
         "vgg": ((3, 64), (8, 128), (15, 256), (22, 512), (29, 512)),
@@ -155,7 +159,7 @@ class LPIPS(nn.Module):
         self.net = net
         self.features = vgg16_features() if net == "vgg" else alexnet_features()
         self.taps = [i for i, _ in self.TAPS[net]]
-        self.features = self.features[: self.taps[-1] + 1]
+        self.features = cast(nn.Sequential, self.features[: self.taps[-1] + 1])  # a slice is a Sequential
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for _, c in self.TAPS[net])
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
@@ -167,13 +171,14 @@ class LPIPS(nn.Module):
     def _load_heads(self, path: Path) -> None:
         state = _load_state(path)
         for i, lin in enumerate(self.lins):
+            lin_w = cast(nn.Conv2d, lin).weight
             # The LPIPS release stores lin{i}.model.1.weight (dropout, then conv); accept lin{i}.weight too.
             w = state.get(f"lin{i}.model.1.weight", state.get(f"lin{i}.weight"))
             if w is None:
                 raise OptionError(f"{path}: no weights for LPIPS layer {i} (expected key lin{i}.model.1.weight)")
-            if w.shape != lin.weight.shape:
-                raise OptionError(f"{path}: lin{i} has shape {tuple(w.shape)}, expected {tuple(lin.weight.shape)}")
-            lin.weight.data.copy_(w)
+            if w.shape != lin_w.shape:
+                raise OptionError(f"{path}: lin{i} has shape {tuple(w.shape)}, expected {tuple(lin_w.shape)}")
+            lin_w.data.copy_(w)
 
     def _activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = (x * 2.0 - 1.0 - self.shift) / self.scale
@@ -203,6 +208,8 @@ class L2Pool(nn.Module):
     """DISTS's replacement for max pooling: sqrt of a Hanning-weighted (3x3, stride 2) mean
     of squares, which avoids the aliasing of max pooling."""
 
+    kernel: torch.Tensor  # buffer, registered in __init__
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         a = torch.tensor([0.5, 1.0, 0.5])
@@ -221,6 +228,9 @@ class DISTS(nn.Module):
     CHANNELS = (3, 64, 128, 256, 512, 512)
     POOLS = (4, 9, 16, 23)  # max-pool indices of vgg16.features, replaced by L2 pooling
     TAPS = (3, 8, 15, 22, 29)
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, weights_dir: str | Path | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__()

@@ -88,14 +88,15 @@ class MetricSuite:
 
     def _one(self, name: str, sr: np.ndarray, ref: np.ndarray | None) -> float:
         c = self.crop_border
+        if name == "niqe":
+            return niqe(sr, c)
+        assert ref is not None  # the others need a reference (`applicable` skips them without one)
         if name == "psnr":
             return psnr(sr, ref, c)
         if name == "ssim":
             return ssim(sr, ref, c)
         if name == "ms_ssim":
             return ms_ssim(sr, ref, c)
-        if name == "niqe":
-            return niqe(sr, c)
         return float(self._models[name].score(sr, ref))
 
     def __call__(self, sr: np.ndarray, ref: np.ndarray | None = None) -> dict[str, float]:

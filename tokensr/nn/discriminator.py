@@ -15,7 +15,7 @@ weights.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,10 @@ def _init_weights(module: nn.Module) -> None:
     """DCGAN-style initialisation: conv weights N(0, 0.02), norm scales N(1, 0.02)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            w = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            if hasattr(m, "parametrizations"):  # spectral norm: the raw weight (m.weight is computed)
+                w = cast(torch.Tensor, cast(nn.ModuleDict, m.parametrizations)["weight"].original)
+            else:
+                w = m.weight
             nn.init.normal_(w, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

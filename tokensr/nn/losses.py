@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -398,7 +398,9 @@ class ImageLoss(nn.Module):
         real_logits: torch.Tensor | None = None
         if self.feature_matching > 0:
             # real logits and the real activations (detached targets) come from one pass
-            fake_feats, real_feats = disc.features(fake), disc.features(real)
+            # (feature matching needs a discriminator with ``features``, as both in nn.discriminator)
+            features = cast(Callable[[torch.Tensor], list[torch.Tensor]], disc.features)
+            fake_feats, real_feats = features(fake), features(real)
             fake_logits, real_logits = fake_feats[-1], real_feats[-1]
         else:
             fake_logits = disc(fake)

@@ -61,6 +61,11 @@ def knn_codes(z: torch.Tensor, codebook: torch.Tensor, k: int, chunk: int = 1638
 
 
 class VectorQuantizer(nn.Module):
+    # buffers, registered in __init__
+    cluster_size: torch.Tensor  # [K] EMA code counts
+    embed_sum: torch.Tensor  # [K, dim] EMA sums of the assigned vectors
+    initialized: torch.Tensor  # bool scalar: codebook initialised from data
+
     def __init__(
         self,
         codebook_size: int,

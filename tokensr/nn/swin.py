@@ -2,6 +2,11 @@
 
 Used by ITER's VQGAN/LQ encoder/refinement networks and UGTSR's LQ encoder. Inputs of any
 size work: the map is padded to a multiple of the window and cropped back.
+
+Options for the SwinIR-style layers of ITER's released code, off by default so existing models
+are unchanged: ``mlp_se`` (a squeeze-and-excitation gate on the MLP's hidden features, pooled
+over the whole map) and :class:`SwinStack` (3x3 convs into and out of a run of groups, with a
+residual around it: ITER's ``SwinLayers``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ def window_merge(x: torch.Tensor, ws: int, b: int, h: int, w: int) -> torch.Tens
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside a window with a learned relative position bias."""
 
+    rel_index: torch.Tensor  # buffer, registered in __init__
+
     def __init__(self, dim: int, heads: int, window: int) -> None:
         super().__init__()
         self.heads = heads
@@ -53,15 +60,40 @@ class WindowAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
 
+class SEMlp(nn.Module):
+    """Linear-GELU-Linear MLP whose hidden features are scaled by a squeeze-and-excitation gate.
+
+    The gate (``hidden -> hidden // 16 -> hidden``, SiLU then sigmoid) reads the mean of the
+    hidden features over every position of the map, so each image gets one channel weighting
+    (ITER's released Swin layers). Input and output ``[B, H, W, C]``.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.se = nn.Sequential(
+            nn.Linear(hidden, hidden // 16), nn.SiLU(), nn.Linear(hidden // 16, hidden), nn.Sigmoid()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.fc1(x))
+        return self.fc2(h * self.se(h.mean(dim=(1, 2), keepdim=True)))
+
+
 class SwinBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, window: int, shift: int, mlp_ratio: float = 2.0) -> None:
+    def __init__(
+        self, dim: int, heads: int, window: int, shift: int, mlp_ratio: float = 2.0, mlp_se: bool = False
+    ) -> None:
         super().__init__()
         self.window, self.shift = window, shift
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, heads, window)
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp: nn.Module = (
+            SEMlp(dim, hidden) if mlp_se else nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        )
 
     def _shift_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         ws, s = self.window, self.shift
@@ -94,11 +126,19 @@ class SwinBlock(nn.Module):
 class SwinGroup(nn.Module):
     """``depth`` Swin blocks (alternating shift) + 3x3 conv, with a residual, on ``[B, C, H, W]``."""
 
-    def __init__(self, dim: int, depth: int = 6, heads: int = 8, window: int = 8, mlp_ratio: float = 2.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int = 6,
+        heads: int = 8,
+        window: int = 8,
+        mlp_ratio: float = 2.0,
+        mlp_se: bool = False,
+    ) -> None:
         super().__init__()
         self.window = window
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio) for i in range(depth)
+            SwinBlock(dim, heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio, mlp_se) for i in range(depth)
         )
         self.conv = nn.Conv2d(dim, dim, 3, padding=1)
 
@@ -112,3 +152,33 @@ class SwinGroup(nn.Module):
             y = blk(y)
         y = y.permute(0, 3, 1, 2)[:, :, :h, :w]
         return x + self.conv(y)
+
+
+class SwinStack(nn.Module):
+    """A SwinIR-style residual Swin stage on ``[B, channels, H, W]`` (ITER's ``SwinLayers``).
+
+    A 3x3 conv to ``dim`` channels, ``groups`` residual Swin groups, a 3x3 conv back to
+    ``channels``, and the input added: ``x + conv_out(groups(conv_in(x)))``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        dim: int,
+        groups: int = 1,
+        depth: int = 6,
+        heads: int = 8,
+        window: int = 8,
+        mlp_ratio: float = 4.0,
+        mlp_se: bool = True,
+    ) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(channels, dim, 3, padding=1)
+        self.groups = nn.ModuleList(SwinGroup(dim, depth, heads, window, mlp_ratio, mlp_se) for _ in range(groups))
+        self.conv_out = nn.Conv2d(dim, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for group in self.groups:
+            h = group(h)
+        return x + self.conv_out(h)

@@ -36,17 +36,19 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
-def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
+def sincos_2d(dim: int, height: int, width: int, cols_first: bool = False) -> torch.Tensor:
     """Fixed 2D positional embeddings ``[height * width, dim]`` in row-major order.
 
     Half of the channels encode the row, the other half the column (``dim`` must be a multiple
-    of 4). Any grid size works, so a model trained on one grid can run on another.
+    of 4): the row half first, or the column half first with ``cols_first`` (the layout of
+    the MAE-style table in RealSRT's released model). Any grid size works, so a model trained
+    on one grid can run on another.
     """
     if dim % 4:
         raise ValueError(f"2D sin-cos embedding needs a dimension divisible by 4, got {dim}")
-    rows = torch.arange(height).repeat_interleave(width)
-    cols = torch.arange(width).repeat(height)
-    return torch.cat([sincos_1d(dim // 2, rows), sincos_1d(dim // 2, cols)], dim=1)
+    rows = sincos_1d(dim // 2, torch.arange(height).repeat_interleave(width))
+    cols = sincos_1d(dim // 2, torch.arange(width).repeat(height))
+    return torch.cat([cols, rows] if cols_first else [rows, cols], dim=1)
 
 
 class Attention(nn.Module):

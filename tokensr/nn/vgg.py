@@ -95,6 +95,9 @@ class VGG19Features(nn.Module):
             normalised with the ImageNet mean/std, as the weights expect.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(
         self,
         layers: Sequence[str] = ("conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"),

@@ -1,7 +1,8 @@
 """VQGAN tokenizer: encoder -> quantizer -> decoder (taming-transformers layout).
 
-Images are in [-1, 1] inside the network; ``encode_image``/``decode_to_image`` take and
-return [0, 1]. The token grid is ``H / f`` by ``W / f`` with ``f = 2 ** (len(ch_mult) - 1)``.
+Images are in [-1, 1] inside the network (or [0, 1] with ``unit_range``, RealSRT's released
+tokenizer); ``to_net``/``from_net`` convert from and to [0, 1]. The token grid is ``H / f``
+by ``W / f`` with ``f = 2 ** (len(ch_mult) - 1)``.
 
 The decoder is written as explicit stages (``conv_in``, ``mid``, ``up[i]``, ``norm_out``,
 ``conv_out``) so methods that inject features into it (UGTSR's multi-scale fusion,
@@ -11,7 +12,7 @@ RealSRT's conditional controlling module) can walk the same stages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from torch import nn
 
 from tokensr.nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
 from tokensr.nn.quantizer import QuantizerOutput, VectorQuantizer
+from tokensr.nn.swin import SwinStack
 from tokensr.pretrained import PretrainedMixin
 
 
@@ -39,6 +41,18 @@ class VQGANConfig:
     # at least this many channels per GroupNorm group (1 = taming's GN32 everywhere; see
     # tokensr.nn.blocks.group_norm for why narrow models need more)
     min_group_channels: int = 1
+    # ITER's Swin-VQGAN (the defaults keep the taming layout above):
+    mid_swin_dim: int = 0  # > 0: a SwinStack of this width replaces the bottleneck attention
+    mid_swin_groups: int = 1  # its residual Swin groups
+    mid_swin_depth: int = 6  # Swin blocks per group
+    mid_swin_heads: int = 8
+    mid_swin_window: int = 8
+    decoder_res_blocks: int | None = None  # decoder blocks per level (None: num_res_blocks + 1)
+    out_act: bool = True  # swish before the encoder's and the decoder's output conv
+    quant_convs: bool = True  # 1x1 convs before and after the quantizer
+    # images inside the network: False = [-1, 1] (taming), True = [0, 1] as given (RealSRT's
+    # released tokenizer); VQGAN.to_net / from_net convert
+    unit_range: bool = False
 
     @property
     def factor(self) -> int:
@@ -47,8 +61,18 @@ class VQGANConfig:
 
 # Named presets. `paper` follows RealSRT's public tokenizer; `small` is sized for CPU training.
 PRESETS: dict[str, VQGANConfig] = {
+    # Layer for layer the tokenizer of RealSRT's released model: no self-attention anywhere,
+    # two residual blocks per level in the decoder too, images in [0, 1].
     "paper": VQGANConfig(
-        ch=128, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_levels=(3,), code_dim=256, codebook_size=512
+        ch=128,
+        ch_mult=(1, 1, 2, 2),
+        num_res_blocks=2,
+        attn_levels=(),
+        mid_attention=False,
+        code_dim=256,
+        codebook_size=512,
+        decoder_res_blocks=2,
+        unit_range=True,
     ),
     "small": VQGANConfig(
         ch=32,
@@ -60,7 +84,40 @@ PRESETS: dict[str, VQGANConfig] = {
         codebook_size=1024,
         min_group_channels=8,
     ),
+    # ITER's Swin-VQGAN (chaofengc/ITER): f=8, K=512 codes of dim 128, one Swin stage (256 wide,
+    # 6 blocks, window 8) in each bottleneck, two decoder blocks per level, no quant convs, no
+    # swish before the output convs, a learned (non-EMA) codebook.
+    "iter": VQGANConfig(
+        ch=128,
+        ch_mult=(1, 2, 2, 4),
+        num_res_blocks=2,
+        attn_levels=(),
+        mid_attention=False,
+        code_dim=128,
+        codebook_size=512,
+        ema=False,
+        mid_swin_dim=256,
+        decoder_res_blocks=2,
+        out_act=False,
+        quant_convs=False,
+    ),
 }
+
+
+def _mid_global(cfg: VQGANConfig, channels: int) -> nn.Module:
+    """The bottleneck's global block between its two ResNet blocks: attention, ITER's Swin stage or nothing."""
+    if cfg.mid_swin_dim > 0:
+        if cfg.mid_attention:
+            raise ValueError("mid_attention and mid_swin_dim > 0 both ask for the bottleneck block: choose one")
+        return SwinStack(
+            channels,
+            cfg.mid_swin_dim,
+            cfg.mid_swin_groups,
+            cfg.mid_swin_depth,
+            cfg.mid_swin_heads,
+            cfg.mid_swin_window,
+        )
+    return AttnBlock(channels, cfg.min_group_channels) if cfg.mid_attention else nn.Identity()
 
 
 class Encoder(nn.Module):
@@ -83,24 +140,27 @@ class Encoder(nn.Module):
             self.down.append(stage)
         self.mid = nn.Sequential(
             ResnetBlock(c_in, c_in, cfg.dropout, g),
-            AttnBlock(c_in, g) if cfg.mid_attention else nn.Identity(),
+            _mid_global(cfg, c_in),
             ResnetBlock(c_in, c_in, cfg.dropout, g),
         )
         self.norm_out = group_norm(c_in, min_group_channels=g)
         self.conv_out = nn.Conv2d(c_in, cfg.code_dim, 3, padding=1)
         self.out_channels = c_in
+        self.out_act = cfg.out_act
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Bottleneck features before the output projection, ``[B, ch*ch_mult[-1], H/f, W/f]``."""
         h = self.conv_in(x)
         for stage in self.down:
-            for block, attn in zip(stage.blocks, stage.attn, strict=False):
+            blocks, attns = cast(nn.ModuleList, stage.blocks), cast(nn.ModuleList, stage.attn)
+            for block, attn in zip(blocks, attns, strict=False):
                 h = attn(block(h))
-            h = stage.downsample(h)
+            h = cast(nn.Module, stage.downsample)(h)
         return self.mid(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(F.silu(self.norm_out(self.features(x))))
+        h = self.norm_out(self.features(x))
+        return self.conv_out(F.silu(h) if self.out_act else h)
 
 
 class Decoder(nn.Module):
@@ -112,16 +172,17 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.code_dim, c, 3, padding=1)
         self.mid = nn.Sequential(
             ResnetBlock(c, c, cfg.dropout, g),
-            AttnBlock(c, g) if cfg.mid_attention else nn.Identity(),
+            _mid_global(cfg, c),
             ResnetBlock(c, c, cfg.dropout, g),
         )
+        n_blocks = cfg.num_res_blocks + 1 if cfg.decoder_res_blocks is None else cfg.decoder_res_blocks
         # up[0] works at the lowest resolution, up[-1] at full resolution.
         self.up = nn.ModuleList()
         for level in reversed(range(len(chs))):
             stage = nn.Module()
             stage.blocks = nn.ModuleList()
             stage.attn = nn.ModuleList()
-            for _ in range(cfg.num_res_blocks + 1):
+            for _ in range(n_blocks):
                 stage.blocks.append(ResnetBlock(c, chs[level], cfg.dropout, g))
                 stage.attn.append(AttnBlock(chs[level], g) if level in cfg.attn_levels else nn.Identity())
                 c = chs[level]
@@ -129,18 +190,21 @@ class Decoder(nn.Module):
             self.up.append(stage)
         self.norm_out = group_norm(c, min_group_channels=g)
         self.conv_out = nn.Conv2d(c, cfg.in_channels, 3, padding=1)
+        self.out_act = cfg.out_act
 
     def run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
         stage = self.up[i]
-        for block, attn in zip(stage.blocks, stage.attn, strict=False):
+        blocks, attns = cast(nn.ModuleList, stage.blocks), cast(nn.ModuleList, stage.attn)
+        for block, attn in zip(blocks, attns, strict=False):
             h = attn(block(h))
-        return stage.upsample(h)
+        return cast(nn.Module, stage.upsample)(h)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
         for i in range(len(self.up)):
             h = self.run_stage(i, h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        h = self.norm_out(h)
+        return self.conv_out(F.silu(h) if self.out_act else h)
 
 
 @dataclass
@@ -158,11 +222,15 @@ class VQGAN(nn.Module, PretrainedMixin):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
-        self.quant_conv = nn.Conv2d(config.code_dim, config.code_dim, 1)
+        self.quant_conv: nn.Module = (
+            nn.Conv2d(config.code_dim, config.code_dim, 1) if config.quant_convs else nn.Identity()
+        )
         self.quantizer = VectorQuantizer(
             config.codebook_size, config.code_dim, beta=config.beta, ema=config.ema, decay=config.ema_decay
         )
-        self.post_quant_conv = nn.Conv2d(config.code_dim, config.code_dim, 1)
+        self.post_quant_conv: nn.Module = (
+            nn.Conv2d(config.code_dim, config.code_dim, 1) if config.quant_convs else nn.Identity()
+        )
         self.decoder = Decoder(config)
 
     @property
@@ -194,6 +262,14 @@ class VQGAN(nn.Module, PretrainedMixin):
         return VQGANOutput(self.decode(q.z_q), q)
 
     # --- [0, 1] image helpers -------------------------------------------------------------
+    def to_net(self, img01: torch.Tensor) -> torch.Tensor:
+        """An image in [0, 1] in the network's range ([-1, 1], or as it is with ``unit_range``)."""
+        return img01 if self.config.unit_range else img01 * 2 - 1
+
+    def from_net(self, x: torch.Tensor) -> torch.Tensor:
+        """A decoder output back on the [0, 1] scale (not clamped)."""
+        return x if self.config.unit_range else (x + 1) / 2
+
     @torch.no_grad()
     def tokenize(self, img01: torch.Tensor) -> torch.Tensor:
         """Token indices ``[B, H/f, W/f]`` of an image in [0, 1] (H, W multiples of f): the
@@ -201,7 +277,7 @@ class VQGAN(nn.Module, PretrainedMixin):
         its ground-truth tokens: always in float32 (under autocast too, since nearest-code search
         in bf16/fp16 picks other codes), and never an EMA codebook update, in any mode."""
         with torch.autocast(device_type=img01.device.type, enabled=False):
-            z = self.encode_continuous(img01.float() * 2 - 1)
+            z = self.encode_continuous(self.to_net(img01.float()))
         b, c, h, w = z.shape
         return self.quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, h, w)
 
@@ -211,6 +287,6 @@ class VQGAN(nn.Module, PretrainedMixin):
         h, w = img01.shape[-2:]
         f = self.factor
         ph, pw = (-h) % f, (-w) % f
-        x = F.pad(img01 * 2 - 1, (0, pw, 0, ph), mode="replicate") if ph or pw else img01 * 2 - 1
+        x = F.pad(self.to_net(img01), (0, pw, 0, ph), mode="replicate") if ph or pw else self.to_net(img01)
         out = self(x).recon[..., :h, :w]
-        return ((out + 1) / 2).clamp(0, 1)
+        return self.from_net(out).clamp(0, 1)

@@ -39,7 +39,10 @@ def checkpoint_name(step: int) -> str:
 # --- RNG states as tensors / plain values -------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """This process's RNG states in a weights_only-loadable form."""
-    np_state = np.random.get_state()
+    # numpy's stubs type the no-argument call as the dict form; legacy=True (the default) gives
+    # the (name, keys, pos, has_gauss, cached_gaussian) tuple of the global MT19937 generator
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

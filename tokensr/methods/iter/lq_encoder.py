@@ -7,6 +7,12 @@ the HR image of an ``h x w`` LR image is ``s*h x s*w`` and the tokenizer's grid 
 x4), and ``log2(s / f)`` x2 upsampling stages when ``f < s``. Each stage is a resampling conv
 and two ResNet blocks (channels double going down and halve going up). Then a 1x1 conv to
 ``dim`` channels, ``groups`` residual Swin groups, and a 1x1 head with one logit per code.
+
+The ``paper`` preset follows the authors' released ``E_l`` layer for layer, through options whose
+defaults keep the earlier layout: the input stays in [0, 1] (``signed_input=False``), the ResNet
+blocks use LeakyReLU(0.2) (``act``), the Swin groups sit inside 3x3 convs with a residual and
+their MLPs carry a squeeze-and-excitation gate (``swin_convs``, ``mlp_se``: SwinIR-style
+``SwinLayers``), and the head is a bare 1x1 conv (``head_norm=False``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokensr.nn.blocks import ResnetBlock, group_norm
-from tokensr.nn.swin import SwinGroup
+from tokensr.nn.swin import SwinGroup, SwinStack
+
+ACTIVATIONS = ("silu", "leaky_relu")
 
 
 def resample_log2(factor: int, scale: int) -> int:
@@ -47,6 +55,20 @@ class LQEncoderConfig:
     heads: int = 4
     window: int = 8
     mlp_ratio: float = 2.0
+    mlp_se: bool = False  # squeeze-and-excitation gate in the Swin MLPs (the released E_l)
+    signed_input: bool = True  # map the [0, 1] input to [-1, 1] first (False: the released E_l)
+    act: str = "silu"  # ResNet block activation: "silu" or "leaky_relu" (slope 0.2, the released E_l)
+    swin_convs: bool = False  # 3x3 convs into and out of the Swin groups, with a residual (SwinStack)
+    head_norm: bool = True  # GroupNorm + swish before the logit conv (False: a bare 1x1 conv)
+
+
+class LeakyResnetBlock(ResnetBlock):
+    """:class:`ResnetBlock` with LeakyReLU(0.2) in place of swish (the released ``E_l``'s blocks)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.leaky_relu(self.norm1(x), 0.2))
+        h = self.conv2(self.dropout(F.leaky_relu(self.norm2(h), 0.2)))
+        return self.skip(x) + h
 
 
 class LQEncoder(nn.Module):
@@ -55,6 +77,9 @@ class LQEncoder(nn.Module):
     def __init__(self, config: LQEncoderConfig) -> None:
         super().__init__()
         self.config = c = config
+        if c.act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {ACTIVATIONS}, got '{c.act}'")
+        block = LeakyResnetBlock if c.act == "leaky_relu" else ResnetBlock
         self.conv_in = nn.Conv2d(3, c.ch, 3, padding=1)
         stages: list[nn.Module] = []
         ch = c.ch
@@ -67,21 +92,28 @@ class LQEncoder(nn.Module):
                 resample = nn.Sequential(
                     nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, out, 3, padding=1)
                 )
-            stages.append(nn.Sequential(resample, *[ResnetBlock(out, out) for _ in range(c.res_blocks)]))
+            stages.append(nn.Sequential(resample, *[block(out, out) for _ in range(c.res_blocks)]))
             ch = out
         if not stages:
-            stages.append(nn.Sequential(*[ResnetBlock(ch, ch) for _ in range(c.res_blocks)]))
+            stages.append(nn.Sequential(*[block(ch, ch) for _ in range(c.res_blocks)]))
         self.stages = nn.Sequential(*stages)
         self.proj = nn.Conv2d(ch, c.dim, 1)
-        self.swin = nn.Sequential(*[SwinGroup(c.dim, c.depth, c.heads, c.window, c.mlp_ratio) for _ in range(c.groups)])
-        self.norm_out = group_norm(c.dim)
+        self.swin: nn.Module
+        if c.swin_convs:
+            self.swin = SwinStack(c.dim, c.dim, c.groups, c.depth, c.heads, c.window, c.mlp_ratio, c.mlp_se)
+        else:
+            self.swin = nn.Sequential(
+                *[SwinGroup(c.dim, c.depth, c.heads, c.window, c.mlp_ratio, c.mlp_se) for _ in range(c.groups)]
+            )
+        self.norm_out = group_norm(c.dim) if c.head_norm else None
         self.head = nn.Conv2d(c.dim, c.codebook_size, 1)
 
     def forward(self, lr01: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(lr01 * 2 - 1)
-        h = self.proj(self.stages(h))
-        h = self.swin(h)
-        return self.head(F.silu(self.norm_out(h)))
+        h = self.conv_in(lr01 * 2 - 1 if self.config.signed_input else lr01)
+        h = self.swin(self.proj(self.stages(h)))
+        if self.norm_out is not None:
+            h = F.silu(self.norm_out(h))
+        return self.head(h)
 
 
-__all__ = ["LQEncoder", "LQEncoderConfig", "lr_multiple", "resample_log2"]
+__all__ = ["ACTIVATIONS", "LQEncoder", "LQEncoderConfig", "LeakyResnetBlock", "lr_multiple", "resample_log2"]

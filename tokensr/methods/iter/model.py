@@ -21,7 +21,7 @@ from torch import nn
 
 from tokensr.methods.iter.lq_encoder import LQEncoder, LQEncoderConfig, lr_multiple, resample_log2
 from tokensr.methods.iter.refine import EvaluationNet, RefinementNet, TokenNetConfig
-from tokensr.methods.iter.sampling import SCHEDULES, RefineResult, adaptive_refine
+from tokensr.methods.iter.sampling import SCHEDULES, START_RULES, RefineResult, adaptive_refine
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
 from tokensr.pretrained import PretrainedMixin, config_from_dict
 
@@ -36,13 +36,32 @@ class Preset:
     crop_size: int  # HR crop side for training
 
 
+# The Swin layers of the authors' released networks (SwinIR-style SwinLayers: 3x3 convs in and
+# out with a residual, MLP ratio 4 with a squeeze-and-excitation gate).
+_RELEASED_SWIN: dict[str, Any] = dict(heads=8, window=8, mlp_ratio=4.0, mlp_se=True, swin_convs=True)
+# ... and the released phi_r / phi_e around them (tokensr.methods.iter.refine explains each switch).
+_RELEASED_TOKEN_NET: dict[str, Any] = dict(dim=256, groups=4, depth=6, onehot_conv=True, combine_bias=False)
+
 PRESETS: dict[str, Preset] = {
-    # The reference code: LQ encoder 64 ch + 2 Swin groups x 6 at the code width (128);
-    # phi_r / phi_e 256 wide, 4 residual Swin groups x 6, window 8; 256-px HR crops.
+    # The authors' released networks layer for layer (chaofengc/ITER; `tokensr convert` maps
+    # their checkpoints one to one): LQ encoder 64 ch, input in [0, 1], LeakyReLU ResNet blocks,
+    # SwinLayers of 2 groups x 6 at the code width (128), bare 1x1 head; phi_r / phi_e 256 wide,
+    # SwinLayers of 4 groups x 6, window 8. Meant for ITER's Swin-VQGAN, the VQGAN preset `iter`
+    # (configs/iter_tokenizer_paper.yaml). 256-px HR crops.
     "paper": Preset(
-        dict(ch=64, res_blocks=2, dim=128, groups=2, depth=6, heads=8, window=8),
-        dict(dim=256, groups=4, depth=6, heads=8, window=8),
-        dict(dim=256, groups=4, depth=6, heads=8, window=8),
+        dict(
+            ch=64,
+            res_blocks=2,
+            dim=128,
+            groups=2,
+            depth=6,
+            signed_input=False,
+            act="leaky_relu",
+            head_norm=False,
+            **_RELEASED_SWIN,
+        ),
+        dict(**_RELEASED_TOKEN_NET, **_RELEASED_SWIN, cond_first=True, lq_flag="mask_row"),
+        dict(**_RELEASED_TOKEN_NET, **_RELEASED_SWIN, mask_token=False),
         crop_size=256,
     ),
     # CPU: with the bundled f=4 tokenizer, 128-px HR crops -> 32x32 LR -> 32x32 tokens.
@@ -68,6 +87,12 @@ class ITERConfig:
     steps: int = 8  # default T at inference
     alpha: float = 0.5  # default threshold of Eq. 6 (the value tuned on the eval set)
     schedule: str = "linear"  # inference mask schedule
+    # token-grid sides are padded to a multiple of this (8 for the released model, as its code
+    # pads images so the Swin windows tile the grid exactly; 1: only to whole tokens)
+    token_multiple: int = 1
+    # how Algorithm 2 picks the start step: "paper" (as printed) or "reference" (the released
+    # code: one step fewer, none when S_l is good enough); tokensr.methods.iter.sampling
+    start_rule: str = "paper"
     tokenizer: dict[str, Any] = field(default_factory=dict)  # VQGANConfig as a dict
     lq_encoder: dict[str, Any] = field(default_factory=dict)  # LQEncoderConfig as a dict
     refine: dict[str, Any] | None = None  # TokenNetConfig of phi_r (None until trained)
@@ -82,6 +107,8 @@ class ITER(nn.Module, PretrainedMixin):
         super().__init__()
         if config.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got '{config.schedule}'")
+        if config.start_rule not in START_RULES:
+            raise ValueError(f"start_rule must be one of {START_RULES}, got '{config.start_rule}'")
         self.config = config
         tok_cfg = config_from_dict(VQGANConfig, config.tokenizer)
         self.tokenizer = VQGAN(tok_cfg)
@@ -176,8 +203,9 @@ class ITER(nn.Module, PretrainedMixin):
 
     @property
     def lr_multiple(self) -> int:
-        """LR sides must be multiples of this (so the HR side is a multiple of f)."""
-        return lr_multiple(self.factor, self.scale)
+        """LR sides must be multiples of this (so the HR side is a multiple of f, and the token
+        grid a multiple of ``token_multiple``)."""
+        return lr_multiple(self.factor * self.config.token_multiple, self.scale)
 
     @property
     def can_refine(self) -> bool:
@@ -253,6 +281,7 @@ class ITER(nn.Module, PretrainedMixin):
             temperature=temperature,
             generator=generator,
             record=record,
+            start_rule=self.config.start_rule,
         )
 
     @torch.no_grad()

@@ -13,6 +13,15 @@ and a GroupNorm-SiLU-1x1 head.
 - :class:`EvaluationNet` ``phi_e(S, S_l)``: two logits per token (0 = bad, 1 = good: equal
   to the ground-truth token). It scores ``S_l`` itself (``S = S_l``) to pick the start step
   and each refined prediction to choose the tokens to keep.
+
+The ``paper`` preset follows the authors' released networks layer for layer through options
+whose defaults keep the earlier layout: the code embedding is stored as their bias-free 1x1 conv
+over one-hot maps (``onehot_conv``; ``phi_e``'s has no ``[MASK]`` row, ``mask_token=False``), the
+mixing conv has no bias (``combine_bias=False``), ``phi_r`` puts the ``S_l`` stream first
+(``cond_first``) and marks the ``S_l`` tokens judged bad by adding the ``[MASK]`` embedding to
+them (``lq_flag="mask_row"``: their one-hot map's mask channel), and the Swin groups sit inside
+3x3 convs with a residual, with a squeeze-and-excitation gate in every MLP (``swin_convs``,
+``mlp_se``: SwinIR-style ``SwinLayers``).
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokensr.nn.blocks import group_norm
-from tokensr.nn.swin import SwinGroup
+from tokensr.nn.swin import SwinGroup, SwinStack
+
+LQ_FLAGS = ("learned", "mask_row")
 
 
 @dataclass
@@ -36,6 +47,17 @@ class TokenNetConfig:
     heads: int = 4
     window: int = 8
     mlp_ratio: float = 2.0
+    mlp_se: bool = False  # squeeze-and-excitation gate in the Swin MLPs (the released networks)
+    swin_convs: bool = False  # 3x3 convs into and out of the Swin groups, with a residual (SwinStack)
+    # the code embedding as a bias-free 1x1 conv over one-hot maps, weight [dim, rows, 1, 1] (the
+    # released layout); it is still looked up as a table, with the same result
+    onehot_conv: bool = False
+    mask_token: bool = True  # a [MASK] row in the embedding (the released phi_e has none: it never sees one)
+    combine_bias: bool = True  # bias in the 1x1 conv that mixes the two streams
+    cond_first: bool = False  # phi_r: the S_l stream first in the concatenation (the released phi_r)
+    # phi_r: how the S_l stream marks tokens judged bad: "learned" (a 2-row table, 0 = bad) or
+    # "mask_row" (the [MASK] embedding added to them, the released phi_r)
+    lq_flag: str = "learned"
 
 
 class _TokenNet(nn.Module):
@@ -47,16 +69,34 @@ class _TokenNet(nn.Module):
         super().__init__()
         self.config = c = config
         self.mask_id = c.codebook_size
-        self.embed = nn.Embedding(c.codebook_size + 1, c.dim)
-        self.combine = nn.Conv2d(2 * c.dim, c.dim, 1)
-        self.body = nn.Sequential(*[SwinGroup(c.dim, c.depth, c.heads, c.window, c.mlp_ratio) for _ in range(c.groups)])
+        rows = c.codebook_size + (1 if c.mask_token else 0)
+        if c.onehot_conv:
+            self.code_emb = nn.Conv2d(rows, c.dim, 1, bias=False)
+        else:
+            self.embed = nn.Embedding(rows, c.dim)
+        self.combine = nn.Conv2d(2 * c.dim, c.dim, 1, bias=c.combine_bias)
+        self.body: nn.Module
+        if c.swin_convs:
+            self.body = SwinStack(c.dim, c.dim, c.groups, c.depth, c.heads, c.window, c.mlp_ratio, c.mlp_se)
+        else:
+            self.body = nn.Sequential(
+                *[SwinGroup(c.dim, c.depth, c.heads, c.window, c.mlp_ratio, c.mlp_se) for _ in range(c.groups)]
+            )
         self.norm_out = group_norm(c.dim)
         self.head = nn.Conv2d(c.dim, self._outputs(), 1)
 
     def _outputs(self) -> int:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def table(self) -> torch.Tensor:
+        """The code embedding, ``[rows, dim]`` (row ``K`` is ``[MASK]`` when there is one)."""
+        if self.config.onehot_conv:
+            return self.code_emb.weight[:, :, 0, 0].t()
+        return self.embed.weight
+
     def _map(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.config.onehot_conv:
+            return F.embedding(ids, self.table()).permute(0, 3, 1, 2)
         return self.embed(ids).permute(0, 3, 1, 2)
 
     def _run(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -69,9 +109,15 @@ class RefinementNet(_TokenNet):
     """``phi_r``: ``(S_t, S_l, lq_good) -> logits [B, K, h, w]`` of the clean tokens."""
 
     def __init__(self, config: TokenNetConfig) -> None:
+        if config.lq_flag not in LQ_FLAGS:
+            raise ValueError(f"lq_flag must be one of {LQ_FLAGS}, got '{config.lq_flag}'")
+        if not config.mask_token:
+            raise ValueError("the refinement network needs the [MASK] token (mask_token=True)")
         super().__init__(config)
-        self.lq_flag = nn.Embedding(2, config.dim)  # 0: S_l token judged bad, 1: good
-        nn.init.zeros_(self.lq_flag.weight)
+        self.lq_flag: nn.Embedding | None = None
+        if config.lq_flag == "learned":
+            self.lq_flag = nn.Embedding(2, config.dim)  # 0: S_l token judged bad, 1: good
+            nn.init.zeros_(self.lq_flag.weight)
 
     def _outputs(self) -> int:
         return self.config.codebook_size
@@ -81,8 +127,13 @@ class RefinementNet(_TokenNet):
     ) -> torch.Tensor:
         cond = self._map(lq_tokens)
         if lq_good is not None:
-            cond = cond + self.lq_flag(lq_good.long()).permute(0, 3, 1, 2)
-        return self._run(self._map(tokens), cond)
+            if self.lq_flag is not None:
+                cond = cond + self.lq_flag(lq_good.long()).permute(0, 3, 1, 2)
+            else:  # the [MASK] row on the tokens judged bad
+                bad = (~lq_good.bool()).to(cond.dtype)[:, None]
+                cond = cond + bad * self.table()[self.mask_id][None, :, None, None]
+        x = self._map(tokens)
+        return self._run(cond, x) if self.config.cond_first else self._run(x, cond)
 
 
 class EvaluationNet(_TokenNet):

@@ -18,6 +18,12 @@ since ``keep_count(0) = N`` it always stops at ``T_s >= 1``, so at least one ref
 runs. ``T_s`` is the number of refinement steps actually run, and never decreases when
 ``alpha`` grows (fewer good tokens, earlier start).
 
+The authors' released code uses a slightly different rule (``start_rule="reference"``): it
+runs step ``t`` only if that step's *input* mask keeps at least ``sum(m_s)`` tokens, i.e.
+``T_s`` is the largest ``t`` with ``keep_count(t) >= sum(m_s)`` (usually one step fewer than
+the paper's rule), and none at all (``T_s = 0``: the output is ``S_l``) when ``S_l`` has more
+good tokens than ``keep_count(1)``.
+
 **Reverse process** (Algorithm 2, lines 9-16). ``S_{T_s} = m_s * S_l + (1 - m_s) * [MASK]``,
 ``m_{T_s} = m_s`` (Eq. 7). For ``t = T_s .. 1``: the refinement network predicts every token
 of ``S_{t-1}`` from ``(S_t, S_l, m_t)`` (argmax, or a draw at a temperature); the evaluation
@@ -38,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 
 SCHEDULES = ("linear", "cosine")
+START_RULES = ("paper", "reference")  # Algorithm 2 as printed / as the released code runs it
 
 # Float slack for the floor/ceil of schedule products (e.g. (1 - 2/3) * 3 = 0.99999...).
 _EPS = 1e-9
@@ -73,9 +80,16 @@ def keep_count(t: int, steps: int, n_tokens: int, schedule: str = "linear") -> i
     return max(0, min(n_tokens, n))
 
 
-def start_step_from_count(n_good: int, steps: int, n_tokens: int, schedule: str = "linear") -> int:
-    """Algorithm 2, lines 3-8, given ``sum(m_s)`` = the number of good tokens in ``S_l``."""
+def start_step_from_count(n_good: int, steps: int, n_tokens: int, schedule: str = "linear", rule: str = "paper") -> int:
+    """Algorithm 2, lines 3-8, given ``sum(m_s)`` = the number of good tokens in ``S_l``
+    (``rule="reference"``: the released code's rule, see the module docstring)."""
+    if rule not in START_RULES:
+        raise ValueError(f"start rule must be one of {START_RULES}, got '{rule}'")
     t_s = steps
+    if rule == "reference":
+        while t_s > 0 and keep_count(t_s, steps, n_tokens, schedule) < n_good:
+            t_s -= 1
+        return t_s
     while keep_count(t_s - 1, steps, n_tokens, schedule) < n_good:
         t_s -= 1
     return t_s
@@ -91,12 +105,14 @@ def start_step(good_prob: torch.Tensor, alpha: float, steps: int = 8, schedule: 
     return start_step_from_count(n_good, steps, good_prob.numel(), schedule)
 
 
-def start_steps(good_prob: torch.Tensor, alpha: float, steps: int = 8, schedule: str = "linear") -> torch.Tensor:
+def start_steps(
+    good_prob: torch.Tensor, alpha: float, steps: int = 8, schedule: str = "linear", rule: str = "paper"
+) -> torch.Tensor:
     """:func:`start_step` per sample of a batch ``[B, ...]``; returns a long tensor ``[B]``."""
     flat = good_prob.flatten(1)
     counts = (flat >= alpha).sum(1).tolist()
     n = flat.shape[1]
-    return torch.tensor([start_step_from_count(int(c), steps, n, schedule) for c in counts], dtype=torch.long)
+    return torch.tensor([start_step_from_count(int(c), steps, n, schedule, rule) for c in counts], dtype=torch.long)
 
 
 # --- training (Algorithm 1) -------------------------------------------------------------------
@@ -197,6 +213,7 @@ def adaptive_refine(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     record: bool = False,
+    start_rule: str = "paper",
 ) -> RefineResult:
     """Algorithm 2 on a batch of initial restorations ``S_l`` ``[B, h, w]``.
 
@@ -212,7 +229,7 @@ def adaptive_refine(
     good_prob = eval_fn(lq_tokens, lq_tokens)
     good_init = good_prob >= alpha
     if adaptive:
-        t_start = start_steps(good_prob, alpha, steps, schedule).to(lq_tokens.device)
+        t_start = start_steps(good_prob, alpha, steps, schedule, start_rule).to(lq_tokens.device)
         keep = good_init.flatten(1).clone()
     else:
         t_start = torch.full((b,), steps, dtype=torch.long, device=lq_tokens.device)
@@ -248,6 +265,7 @@ def adaptive_refine(
 
 __all__ = [
     "SCHEDULES",
+    "START_RULES",
     "RefineResult",
     "adaptive_refine",
     "gamma",

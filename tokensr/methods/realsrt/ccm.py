@@ -40,6 +40,7 @@ class CCM(nn.Module):
         self.res2 = ResnetBlock(2 * c, 2 * c)
         self.zero_conv = nn.Conv2d(2 * c, c, 1)
         nn.init.zeros_(self.zero_conv.weight)
+        assert self.zero_conv.bias is not None  # a Conv2d made with bias=True
         nn.init.zeros_(self.zero_conv.bias)
 
     @classmethod
@@ -55,7 +56,8 @@ class CCM(nn.Module):
         return self.zero_conv.weight
 
     def forward(self, h: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
-        """``h``: decoder input ``[B, code_dim, H/f, W/f]``; ``lr_up``: upsampled LR in [-1, 1]."""
+        """``h``: decoder input ``[B, code_dim, H/f, W/f]``; ``lr_up``: upsampled LR in the
+        tokenizer's range (``VQGAN.to_net``: [-1, 1], or [0, 1] for the authors' tokenizer)."""
         return self.fuse(h, self.encoder(lr_up))
 
     def fuse(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,11 @@ offered for experiments and is not what the paper does.
 ``save_pretrained`` folder (``model_type "realsrt"``; the tokenizer weights sit under the
 ``tokenizer.`` prefix). Training fills it in stages: generator, then critic, then CCM; the
 critic and CCM entries of the config are ``null`` until their stage has run.
+
+The ``paper`` presets follow the authors' released model layer for layer, so
+``tokensr convert`` can load their checkpoint (``tokensr/convert/realsrt.py``): a tokenizer
+working on [0, 1] images (``VQGANConfig.unit_range``), sin-cos positions with the column half
+first (``pos_cols_first``) and an LR upsampling that is not clamped (``clamp_lr_up=False``).
 """
 
 from __future__ import annotations
@@ -51,10 +56,13 @@ class TokenTransformerConfig:
     hr_depth: int = 6  # self + cross-attention blocks over the HR tokens
     ff_mult: float = 4.0
     critic: bool = False  # one-logit head and no mask token
+    pos_cols_first: bool = False  # column half of the sin-cos positions first (the authors' layout)
 
 
 class TokenTransformer(nn.Module):
     """Bidirectional transformer over HR tokens, cross-attending to LR tokens."""
+
+    codebook: torch.Tensor  # buffer [K, code_dim], registered in __init__
 
     def __init__(self, config: TokenTransformerConfig) -> None:
         super().__init__()
@@ -86,7 +94,8 @@ class TokenTransformer(nn.Module):
         key = (hw[0], hw[1], str(like.device), like.dtype)
         pos = self._pos_cache.get(key)
         if pos is None:
-            pos = sincos_2d(self.config.dim, hw[0], hw[1]).to(device=like.device, dtype=like.dtype)
+            pos = sincos_2d(self.config.dim, hw[0], hw[1], self.config.pos_cols_first)
+            pos = pos.to(device=like.device, dtype=like.dtype)
             self._pos_cache[key] = pos
         return pos
 
@@ -136,15 +145,18 @@ class Preset:
     critic: dict[str, Any]
     lr_patch: int  # LR patch side used in training crops and inference patches
     stride: int | None = None  # default inference stride (None = lr_patch / 2, the paper's half overlap)
+    clamp_lr_up: bool = True  # clamp the bicubic-upsampled LR to [0, 1] (the authors' code does not)
 
 
 PRESETS: dict[str, Preset] = {
-    # The paper (sec. 4.1): f=8, K=512, 64x64 LR -> 256x256 HR -> 32x32 tokens; 512-wide,
-    # 8 heads, 4 LR blocks, 16 (generator) / 12 (critic) cross-attention blocks.
+    # The paper (sec. 4.1) and the authors' released model: f=8, K=512, 64x64 LR -> 256x256
+    # HR -> 32x32 tokens; 512-wide, 8 heads, 4 LR blocks, 16 (generator) / 12 (critic)
+    # cross-attention blocks; their position layout and unclamped LR upsampling.
     "paper": Preset(
-        dict(dim=512, heads=8, dim_head=64, lr_depth=4, hr_depth=16, ff_mult=4.0),
-        dict(dim=512, heads=8, dim_head=64, lr_depth=4, hr_depth=12, ff_mult=4.0),
+        dict(dim=512, heads=8, dim_head=64, lr_depth=4, hr_depth=16, ff_mult=4.0, pos_cols_first=True),
+        dict(dim=512, heads=8, dim_head=64, lr_depth=4, hr_depth=12, ff_mult=4.0, pos_cols_first=True),
         lr_patch=64,
+        clamp_lr_up=False,
     ),
     # CPU: f=4, K=1024, 32x32 LR -> 128x128 HR -> 32x32 tokens (the same N=1024); 128 wide,
     # generator 1 + 4 blocks, critic 1 + 2 blocks.
@@ -180,10 +192,14 @@ class RealSRTConfig:
     lr_patch: int = 32  # LR patch side; the token grid is lr_patch * scale / f
     stride: int | None = None  # default inference patch stride (None = lr_patch / 2)
     lr_input: str = "tokens"  # "tokens" (paper) or "latents"
+    clamp_lr_up: bool = True  # clamp the bicubic-upsampled LR to [0, 1] (the authors' code does not)
     tokenizer: dict[str, Any] = field(default_factory=dict)  # VQGANConfig as a dict
     generator: dict[str, Any] = field(default_factory=dict)  # TokenTransformerConfig as a dict
     critic: dict[str, Any] | None = None
     ccm: dict[str, Any] | None = None  # CCMConfig as a dict
+    # method options this model runs with unless others are given (``tokensr convert`` stores
+    # the authors' inference settings here)
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,6 +252,7 @@ class RealSRT(nn.Module, PretrainedMixin):
         lr_patch: int = 32,
         lr_input: str = "tokens",
         stride: int | None = None,
+        clamp_lr_up: bool = True,
     ) -> RealSRT:
         """A fresh model around a trained tokenizer (copied in); the generator is untrained."""
         config = RealSRTConfig(
@@ -243,6 +260,7 @@ class RealSRT(nn.Module, PretrainedMixin):
             lr_patch=lr_patch,
             stride=stride,
             lr_input=lr_input,
+            clamp_lr_up=clamp_lr_up,
             tokenizer=dataclasses.asdict(tokenizer.config),
             generator=dict(generator),
         )
@@ -255,7 +273,9 @@ class RealSRT(nn.Module, PretrainedMixin):
     @classmethod
     def from_preset(cls, preset: str, tokenizer: VQGAN, scale: int = 4) -> RealSRT:
         p = PRESETS[preset]
-        model = cls.create(tokenizer, p.generator, scale=scale, lr_patch=p.lr_patch, stride=p.stride)
+        model = cls.create(
+            tokenizer, p.generator, scale=scale, lr_patch=p.lr_patch, stride=p.stride, clamp_lr_up=p.clamp_lr_up
+        )
         model.add_critic(p.critic)
         model.add_ccm()
         return model
@@ -290,8 +310,10 @@ class RealSRT(nn.Module, PretrainedMixin):
         return self.generator.mask_id
 
     def upsample(self, lr01: torch.Tensor) -> torch.Tensor:
-        """Bicubic x``scale`` upsampling of an LR batch in [0, 1] (clamped back to [0, 1])."""
-        return F.interpolate(lr01, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
+        """Bicubic x``scale`` upsampling of an LR batch in [0, 1] (clamped back to [0, 1] unless
+        ``clamp_lr_up`` is off)."""
+        up = F.interpolate(lr01, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return up.clamp(0, 1) if self.config.clamp_lr_up else up
 
     @torch.no_grad()
     def condition(self, lr01: torch.Tensor) -> Condition:
@@ -300,7 +322,7 @@ class RealSRT(nn.Module, PretrainedMixin):
         f = self.tokenizer.factor
         if lr_up.shape[-2] % f or lr_up.shape[-1] % f:
             raise ValueError(f"upsampled LR {tuple(lr_up.shape[-2:])} is not a multiple of the tokenizer factor {f}")
-        x = lr_up.float() * 2 - 1
+        x = self.tokenizer.to_net(lr_up.float())
         # the tokenizer runs in float32 even under autocast: nearest-code search in fp16/bf16
         # would pick different codes
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -314,7 +336,7 @@ class RealSRT(nn.Module, PretrainedMixin):
     def hr_tokens(self, hr01: torch.Tensor) -> torch.Tensor:
         """Ground-truth HR token ids ``[B, N]`` (tokenizer in float32, as in :meth:`condition`)."""
         with torch.autocast(device_type=hr01.device.type, enabled=False):
-            return self.tokenizer.encode(hr01.float() * 2 - 1).indices.flatten(1)
+            return self.tokenizer.encode(self.tokenizer.to_net(hr01.float())).indices.flatten(1)
 
     @torch.no_grad()
     def generate(
@@ -353,8 +375,11 @@ class RealSRT(nn.Module, PretrainedMixin):
             score_last=score_last,
         )
 
-    def decode(self, ids: torch.Tensor, hw: tuple[int, int], lr_up: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self, ids: torch.Tensor, hw: tuple[int, int], lr_up: torch.Tensor | None = None, clamp: bool = True
+    ) -> torch.Tensor:
         """Decode ids ``[B, N]`` to an image in [0, 1]; with ``lr_up`` the CCM steers the decoder.
+        ``clamp=False`` returns the decoder's output unclamped (on the [0, 1] scale).
 
         Not wrapped in no_grad: the CCM stage back-propagates through it.
         """
@@ -363,9 +388,9 @@ class RealSRT(nn.Module, PretrainedMixin):
         if lr_up is not None:
             if self.ccm is None:
                 raise ValueError("this RealSRT model has no CCM")
-            h = self.ccm(h, lr_up * 2 - 1)
-        out = self.tokenizer.decoder(h)
-        return ((out + 1) / 2).clamp(0, 1)
+            h = self.ccm(h, self.tokenizer.to_net(lr_up))
+        out = self.tokenizer.from_net(self.tokenizer.decoder(h))
+        return out.clamp(0, 1) if clamp else out
 
     @torch.no_grad()
     def forward(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 
@@ -29,6 +30,10 @@ ROUNDINGS = ("ceil", "floor")
 CONFIDENCES = ("critic", "generator")
 
 
+@overload
+def gamma(r: float) -> float: ...
+@overload
+def gamma(r: torch.Tensor) -> torch.Tensor: ...
 def gamma(r: float | torch.Tensor) -> float | torch.Tensor:
     """Square-root mask schedule ``1 - sqrt(r)``: the share of tokens masked at time ``r``."""
     if isinstance(r, torch.Tensor):
@@ -68,7 +73,7 @@ def training_mask(
     """
     where = generator.device if generator is not None else torch.device(device)
     r = torch.rand(batch, generator=generator, device=where)
-    counts = torch.ceil(gamma(r) * n_tokens - 1e-6).clamp(1, n_tokens).long()  # type: ignore[operator]
+    counts = torch.ceil(gamma(r) * n_tokens - 1e-6).clamp(1, n_tokens).long()
     # rank of each position in a random permutation; the `count` lowest ranks are masked
     rank = torch.rand(batch, n_tokens, generator=generator, device=where).argsort(dim=1).argsort(dim=1)
     return (rank < counts[:, None]).to(device)

@@ -1,6 +1,10 @@
 """UGTSR's LQ side: the encoder from the LR image to token-grid features (with the warm-start
 bridge that lets an x2 encoder start as a trained x4 one), and the pyramid that carries those
 features up to the decoder stages they are fused into.
+
+Two layouts: :class:`LQEncoder` + :class:`LQPyramid` (tokensr's, around a taming VQGAN) and
+:class:`FeMaSRLQEncoder` + :class:`FeMaSRPyramid` (FeMaSR's LQ network, around a
+:class:`tokensr.methods.ugtsr.prior.FeMaSRPrior`; its weights convert one to one).
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokensr.methods.ugtsr.prior import DownLevel, UpLevel
 from tokensr.nn.blocks import Downsample, ResnetBlock, Upsample, group_norm
 from tokensr.nn.swin import SwinGroup
 
 if TYPE_CHECKING:
     from tokensr.methods.ugtsr.model import UGTSRConfig
+    from tokensr.methods.ugtsr.prior import PriorConfig
 
 
 def _log2_ratio(a: int, b: int) -> int:
@@ -89,6 +95,7 @@ class LQEncoder(nn.Module):
                 set_here += [name + "conv.weight", name + "conv.bias"]
             elif isinstance(layer, ResnetBlock):
                 layer.conv2.weight.zero_()
+                assert layer.conv2.bias is not None
                 layer.conv2.bias.zero_()
                 set_here += [name + "conv2.weight", name + "conv2.bias"]
                 if isinstance(layer.skip, nn.Conv2d):
@@ -139,4 +146,66 @@ class LQPyramid(nn.Module):
         return outs
 
 
-__all__ = ["LQEncoder", "LQPyramid"]
+class FeMaSRLQEncoder(nn.Module):
+    """FeMaSR's LQ encoder: LR image in [0, 1] -> token-grid features ``feat`` and ``z`` (z^l).
+
+    The LR pixel sits at level ``log2(scale)`` of the prior's width table (``channels``, full
+    resolution first): a 4x4 conv (padding 1) to that level's width, ``log2(f / scale)``
+    :class:`~tokensr.methods.ugtsr.prior.DownLevel` steps to the code grid, ``swin_groups``
+    Swin groups (SwinIR's RSTB: blocks + 3x3 conv + residual, MLP ratio ``swin_mlp_ratio``),
+    and a 1x1 conv to the code space (FeMaSR's "before-quant" conv, no norm before it).
+    LR sides must be multiples of ``2 ** n_down``.
+    """
+
+    def __init__(self, c: UGTSRConfig, prior: PriorConfig, scale: int) -> None:
+        super().__init__()
+        chs = prior.channels
+        first = _log2_ratio(scale, 1)
+        self.n_down, self.n_up = _log2_ratio(prior.factor, scale), 0
+        if c.swin_dim != chs[-1]:
+            raise ValueError(f"swin_dim {c.swin_dim} must equal the prior's code-grid width {chs[-1]}")
+        self.in_conv = nn.Conv2d(prior.in_channels, chs[first], 4, padding=1)
+        self.down = nn.ModuleList(
+            DownLevel(chs[j], chs[j + 1], c.enc_res_blocks) for j in range(first, first + self.n_down)
+        )
+        self.swin = nn.Sequential(
+            *(
+                SwinGroup(c.swin_dim, c.swin_depth, c.swin_heads, c.swin_window, c.swin_mlp_ratio)
+                for _ in range(c.swin_groups)
+            )
+        )
+        self.to_code = nn.Conv2d(c.swin_dim, prior.code_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.in_conv(x)
+        for level in self.down:
+            h = level(h)
+        feat = self.swin(h)
+        return feat, self.to_code(feat)
+
+    def bridge(self, copied: set[str], source: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+        """No function-preserving start is defined for this layout: nothing is set."""
+        return []
+
+
+class FeMaSRPyramid(nn.Module):
+    """FeMaSR's LQ up path: token-level features -> inputs of decoder stages ``1 .. max_stage``
+    (:class:`~tokensr.methods.ugtsr.prior.UpLevel` steps with the prior decoder's widths);
+    they are added to the decoder features as they are (no projection)."""
+
+    def __init__(self, stage_channels: list[int], res_blocks: int, max_stage: int) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(
+            UpLevel(stage_channels[j - 1], stage_channels[j], res_blocks) for j in range(1, max_stage + 1)
+        )
+
+    def forward(self, feat: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps for stages 1, 2, ... (index ``j - 1``)."""
+        outs = []
+        for step in self.steps:
+            feat = step(feat)
+            outs.append(feat)
+        return outs
+
+
+__all__ = ["FeMaSRLQEncoder", "FeMaSRPyramid", "LQEncoder", "LQPyramid"]

@@ -25,7 +25,12 @@ subtracts the minimum, a constant factor in the error (sum vs. mean over channel
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
+
+if TYPE_CHECKING:
+    from tokensr.nn.vqgan import VQGAN, Encoder
 
 REDUCE_MIN = ("sample", "batch")
 
@@ -102,11 +107,11 @@ class TokenizerFeatureLoss(torch.nn.Module):
     encoder is referenced, not owned (it is not part of this module's state).
     """
 
-    def __init__(self, tokenizer: torch.nn.Module, criterion: str = "l1") -> None:
+    def __init__(self, tokenizer: VQGAN, criterion: str = "l1") -> None:
         super().__init__()
         if criterion not in ("l1", "l2"):
             raise ValueError(f"criterion must be 'l1' or 'l2', got '{criterion}'")
-        self._encoder = [tokenizer.encoder]  # a list: not registered as a submodule
+        self._encoder: list[Encoder] = [tokenizer.encoder]  # a list: not registered as a submodule
         self.criterion = criterion
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -114,10 +119,11 @@ class TokenizerFeatureLoss(torch.nn.Module):
         h = enc.conv_in(x)
         feats = [h]
         for stage in enc.down:
-            for block, attn in zip(stage.blocks, stage.attn, strict=False):
+            blocks, attns = cast(torch.nn.ModuleList, stage.blocks), cast(torch.nn.ModuleList, stage.attn)
+            for block, attn in zip(blocks, attns, strict=False):
                 h = attn(block(h))
                 feats.append(h)
-            h = stage.downsample(h)
+            h = cast(torch.nn.Module, stage.downsample)(h)
         feats.append(enc.mid(h))
         return feats
 

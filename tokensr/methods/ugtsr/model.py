@@ -22,6 +22,13 @@ upsamplings when ``f < s``; Swin groups (:class:`tokensr.nn.swin.SwinGroup`) fol
 FeMaSR. Every new layer that writes into the frozen decoder is zero-initialised, so an
 untrained UGTSR decodes exactly the matched codes, like the plain VQGAN.
 
+Two layouts (``layout``): ``tokensr`` (the default; the taming-style VQGAN and the LQ encoder
+above, images in [-1, 1] inside) and ``femasr``: FeMaSR's own network around a converted
+FeMaSR prior (:class:`tokensr.methods.ugtsr.prior.FeMaSRPrior`; images in [0, 1] inside, LQ
+features added to the decoder as they are, FeMaSR's LQ encoder). A ``femasr`` model with
+``top_k=1``, no Align-Attention and no uncertainty head *is* FeMaSR (``tokensr.methods.femasr``);
+the ``paper`` preset is FeMaSR's sizes plus UGTSR's modules.
+
 The pieces live by role: :mod:`tokensr.methods.ugtsr.encoder` (``LQEncoder``, ``LQPyramid``),
 :mod:`tokensr.methods.ugtsr.fusion` (``TopKFusion``), :mod:`tokensr.methods.ugtsr.align`
 (``AlignAttention``), the nearest-codes search :func:`tokensr.nn.quantizer.knn_codes`; this
@@ -36,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,14 +51,16 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tokensr.methods.ugtsr.align import AlignAttention
-from tokensr.methods.ugtsr.encoder import LQEncoder, LQPyramid
+from tokensr.methods.ugtsr.encoder import FeMaSRLQEncoder, FeMaSRPyramid, LQEncoder, LQPyramid
 from tokensr.methods.ugtsr.fusion import TopKFusion, gather_codes
-from tokensr.nn.blocks import group_norm, zero_module
+from tokensr.methods.ugtsr.prior import FeMaSRPrior, PriorConfig, PriorDecoder
+from tokensr.nn.blocks import ResnetBlock, group_norm, zero_module
 from tokensr.nn.quantizer import knn_codes
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
 from tokensr.pretrained import WEIGHTS_NAME, PretrainedMixin, config_from_dict, read_config, resolve
 
 TOP_KS = (1, 3, 5)  # the paper's choices; any k >= 1 works
+LAYOUTS = ("tokensr", "femasr")  # taming VQGAN + tokensr LQ encoder | FeMaSR prior + FeMaSR LQ network
 
 
 @dataclass
@@ -59,8 +68,10 @@ class UGTSRConfig:
     """Sizes and switches of a UGTSR model (defaults = the ``small`` preset, x4)."""
 
     scale: int = 4
-    tokenizer: dict[str, Any] = field(default_factory=dict)  # VQGANConfig as a dict
-    # LQ encoder
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # VQGANConfig (or PriorConfig) as a dict
+    # "tokensr": taming VQGAN tokenizer; "femasr": FeMaSR prior tokenizer and FeMaSR's LQ network
+    layout: str = "tokensr"
+    # LQ encoder (enc_ch / enc_ch_max: tokensr layout only; femasr takes the prior's widths)
     enc_ch: int = 48  # channels at LR resolution
     enc_ch_max: int = 96  # channels double at each downsampling up to this
     enc_res_blocks: int = 1  # ResNet blocks per resolution
@@ -69,8 +80,10 @@ class UGTSRConfig:
     swin_depth: int = 2
     swin_heads: int = 4
     swin_window: int = 8
+    swin_mlp_ratio: float = 2.0  # hidden width of the Swin MLPs (FeMaSR / SwinIR: 4)
     # decoder fusion of LQ features: decoder stages (1 .. L-1) that receive them; None = the
-    # intermediate resolutions 1 .. L-2 (FeMaSR fuses between the code grid and full resolution)
+    # intermediate resolutions 1 .. L-2 (tokensr layout) or every stage 1 .. L-1 (femasr layout,
+    # as FeMaSR: its decoder has no full-resolution stage)
     fusion_stages: tuple[int, ...] | None = None
     # Top-k matching (k = 1: plain nearest-neighbour matching, no fusion module)
     top_k: int = 3
@@ -94,9 +107,11 @@ class UGTSRConfig:
     training: dict[str, Any] = field(default_factory=dict)
 
 
-# Named sizes (every field except scale/tokenizer). `paper` follows FeMaSR's LQ network
-# (256 channels at <= 64 px, 4 Swin groups of depth 6, 8 heads, window 8); `small` trains on
-# CPU with the f=4 `vqgan-small` tokenizer; `tiny` is for tests.
+# Named sizes (every field except scale/tokenizer/layout; `create` takes the layout from the
+# tokenizer). `paper` is FeMaSR's sizes (4 Swin groups of depth 6, 256 wide, 8 heads, window 8,
+# MLP ratio 4) plus UGTSR's modules: on a converted FeMaSR prior it is FeMaSR's network plus
+# UGTSR's modules, as the paper builds it; `small` trains on CPU with the f=4 `vqgan-small`
+# tokenizer; `tiny` is for tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
         enc_ch=256,
@@ -107,6 +122,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         swin_depth=6,
         swin_heads=8,
         swin_window=8,
+        swin_mlp_ratio=4.0,
         fusion_dim=256,
         fusion_heads=8,
         fusion_blocks=1,
@@ -190,8 +206,11 @@ class UGTSR(nn.Module, PretrainedMixin):
     def __init__(self, config: UGTSRConfig) -> None:
         super().__init__()
         self.config = c = config
-        tok_cfg = config_from_dict(VQGANConfig, c.tokenizer)
-        self.tokenizer = VQGAN(tok_cfg)
+        if c.layout not in LAYOUTS:
+            raise ValueError(f"unknown ugtsr layout '{c.layout}' (choose from {', '.join(LAYOUTS)})")
+        femasr = c.layout == "femasr"
+        tok_cfg = config_from_dict(PriorConfig if femasr else VQGANConfig, c.tokenizer)
+        self.tokenizer: VQGAN | FeMaSRPrior = FeMaSRPrior(tok_cfg) if femasr else VQGAN(tok_cfg)
         self.tokenizer.requires_grad_(False)
         self.tokenizer.eval()
         f, K, C = tok_cfg.factor, tok_cfg.codebook_size, tok_cfg.code_dim
@@ -204,8 +223,15 @@ class UGTSR(nn.Module, PretrainedMixin):
         dec = self.tokenizer.decoder
         n_stages = len(dec.up)
         # input width of every decoder stage
-        self.stage_channels = [int(dec.up[i].blocks[0].norm1.num_channels) for i in range(n_stages)]
-        fusion = c.fusion_stages if c.fusion_stages is not None else tuple(range(1, n_stages - 1))
+        if isinstance(dec, PriorDecoder):
+            self.stage_channels = dec.stage_channels
+        else:
+            self.stage_channels = [
+                int(cast(ResnetBlock, cast(nn.ModuleList, dec.up[i].blocks)[0]).norm1.num_channels)
+                for i in range(n_stages)
+            ]
+        default_fusion = tuple(range(1, n_stages if femasr else n_stages - 1))
+        fusion = c.fusion_stages if c.fusion_stages is not None else default_fusion
         self.fusion_stages = tuple(sorted(set(int(i) for i in fusion)))
         bad = [i for i in self.fusion_stages if not 1 <= i < n_stages]
         if bad:
@@ -215,13 +241,21 @@ class UGTSR(nn.Module, PretrainedMixin):
         if bad:
             raise ValueError(f"align_stages {bad} must be 0 or one of the fusion_stages {self.fusion_stages}")
 
-        self.encoder = LQEncoder(c, C, f, c.scale)
-        self.pyramid = (
-            LQPyramid(c.swin_dim, self.stage_channels, max(self.fusion_stages)) if self.fusion_stages else None
-        )
+        self.encoder: LQEncoder | FeMaSRLQEncoder
+        self.pyramid: LQPyramid | FeMaSRPyramid | None = None
+        if femasr:  # FeMaSR: its LQ network, LQ features added as they are
+            self.encoder = FeMaSRLQEncoder(c, tok_cfg, c.scale)
+            if self.fusion_stages:
+                self.pyramid = FeMaSRPyramid(self.stage_channels, c.enc_res_blocks, max(self.fusion_stages))
+        else:
+            self.encoder = LQEncoder(c, C, f, c.scale)
+            if self.fusion_stages:
+                self.pyramid = LQPyramid(c.swin_dim, self.stage_channels, max(self.fusion_stages))
         self.inject = nn.ModuleDict(
             {
-                str(i): zero_module(nn.Conv2d(self.stage_channels[i], self.stage_channels[i], 1))
+                str(i): nn.Identity()
+                if femasr
+                else zero_module(nn.Conv2d(self.stage_channels[i], self.stage_channels[i], 1))
                 for i in self.fusion_stages
                 if i not in self.align_stages
             }
@@ -239,22 +273,31 @@ class UGTSR(nn.Module, PretrainedMixin):
                 q_dim, kv_dim, self.stage_channels[i], c.align_dim, c.align_heads, c.align_window
             )
         self.align = nn.ModuleDict(align)
-        out_ch = int(dec.norm_out.num_channels)
+        out_ch = dec.out_channels if isinstance(dec, PriorDecoder) else int(dec.norm_out.num_channels)
         self.uncertainty = (
             UncertaintyHead(out_ch, c.uncertainty_hidden, c.uncertainty_channels) if c.uncertainty_head else None
         )
 
     # --- construction -----------------------------------------------------------------------------
     @classmethod
-    def create(cls, tokenizer: VQGAN, scale: int = 4, preset: str = "small", **overrides: Any) -> UGTSR:
-        """A fresh (untrained) UGTSR around a trained tokenizer (its weights are copied in)."""
+    def create(cls, tokenizer: VQGAN | FeMaSRPrior, scale: int = 4, preset: str = "small", **overrides: Any) -> UGTSR:
+        """A fresh (untrained) UGTSR around a trained tokenizer (its weights are copied in). The
+        layout follows the tokenizer: ``femasr`` for a FeMaSR prior (with the ``paper`` preset:
+        FeMaSR's network plus UGTSR's modules, as the paper), ``tokensr`` for a VQGAN."""
         if preset not in PRESETS:
             raise ValueError(f"unknown ugtsr preset '{preset}' (choose from {', '.join(PRESETS)})")
         names = {f.name for f in dataclasses.fields(UGTSRConfig)} - {"scale", "tokenizer"}
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ValueError(f"unknown ugtsr model field(s): {', '.join(unknown)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in {**PRESETS[preset], **overrides}.items()}
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in {**PRESETS[preset], **overrides}.items()
+        }
+        layout = "femasr" if isinstance(tokenizer, FeMaSRPrior) else "tokensr"
+        if values.setdefault("layout", layout) != layout:
+            raise ValueError(
+                f"layout '{values['layout']}' does not fit a {type(tokenizer).__name__} tokenizer (it needs '{layout}')"
+            )
         config = UGTSRConfig(scale=int(scale), tokenizer=dataclasses.asdict(tokenizer.config), **values)
         model = cls(config)
         model.tokenizer.load_state_dict(tokenizer.state_dict())
@@ -331,6 +374,11 @@ class UGTSR(nn.Module, PretrainedMixin):
         """LR sides must be multiples of this (the encoder's downsamplings)."""
         return 2**self.encoder.n_down
 
+    @property
+    def pixels01(self) -> bool:
+        """Whether the network takes and gives pixels in [0, 1] (femasr layout) or [-1, 1]."""
+        return self.config.layout == "femasr"
+
     def train(self, mode: bool = True) -> UGTSR:
         """The frozen tokenizer always stays in eval mode (its EMA codebook must never move)."""
         super().train(mode)
@@ -339,7 +387,7 @@ class UGTSR(nn.Module, PretrainedMixin):
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         """The modules UGTSR adds around the tokenizer, by name (``None`` ones left out)."""
-        mods = {"encoder": self.encoder, "inject": self.inject, "align": self.align}
+        mods: dict[str, nn.Module] = {"encoder": self.encoder, "inject": self.inject, "align": self.align}
         for name in ("pyramid", "fusion", "uncertainty"):
             m = getattr(self, name)
             if m is not None:
@@ -370,16 +418,17 @@ class UGTSR(nn.Module, PretrainedMixin):
         candidates = knn_codes(z, codebook, k)
         if k > 1:
             assert self.fusion is not None
-            fused: torch.Tensor | None = self.fusion(gather_codes(codebook, candidates).to(z.dtype), z)
-            target = fused
-            indices = knn_codes(fused, codebook, 1)[:, 0]
+            target: torch.Tensor = self.fusion(gather_codes(codebook, candidates).to(z.dtype), z)
+            fused: torch.Tensor | None = target
+            indices = knn_codes(target, codebook, 1)[:, 0]
         else:
             fused, target, indices = None, z, candidates[:, 0]
         hard = self.tokenizer.quantizer.lookup(indices).to(z.dtype)
         return target + (hard - target).detach(), fused, indices, candidates
 
     def decode(self, z_q: torch.Tensor, indices: torch.Tensor, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Walk the frozen decoder with LQ fusion; returns (image in [-1, 1], final features)."""
+        """Walk the frozen decoder with LQ fusion; returns (image in [-1, 1], or [0, 1] in the
+        femasr layout, and the final features)."""
         tok = self.tokenizer
         dec = tok.decoder
         h = dec.mid(dec.conv_in(tok.post_quant_conv(z_q)))
@@ -392,6 +441,8 @@ class UGTSR(nn.Module, PretrainedMixin):
                 lq = pyramid[i - 1]
                 h = h + (self.align[str(i)](lq, h) if i in self.align_stages else self.inject[str(i)](lq))
             h = dec.run_stage(i, h)
+        if isinstance(dec, PriorDecoder):
+            return dec.head(h), h
         return dec.conv_out(F.silu(dec.norm_out(h))), h
 
     def forward(self, lr01: torch.Tensor, top_k: int | None = None, with_uncertainty: bool = False) -> UGTSROutput:
@@ -399,15 +450,16 @@ class UGTSR(nn.Module, PretrainedMixin):
         m = self.pad_multiple
         if lr01.shape[-2] % m or lr01.shape[-1] % m:
             raise ValueError(f"LR size {tuple(lr01.shape[-2:])} is not a multiple of {m} (pad it first)")
-        feat, z = self.encoder(lr01 * 2 - 1)
+        feat, z = self.encoder(lr01 if self.pixels01 else lr01 * 2 - 1)
         z_q, fused, indices, candidates = self.match(z, top_k)
         out, h = self.decode(z_q, indices, feat)
+        image = out if self.pixels01 else (out + 1) / 2
         s = None
         if with_uncertainty:
             if self.uncertainty is None:
                 raise ValueError("this UGTSR model has no uncertainty head")
             s = self.uncertainty(h)
-        return UGTSROutput((out + 1) / 2, z, fused, indices, candidates, s)
+        return UGTSROutput(image, z, fused, indices, candidates, s)
 
     @torch.no_grad()
     def upscale(self, lr01: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
@@ -434,4 +486,4 @@ def pad_lr(lr: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(lr, (0, pw, 0, ph), mode=mode)
 
 
-__all__ = ["PRESETS", "TOP_KS", "UGTSR", "UGTSRConfig", "UGTSROutput", "UncertaintyHead", "pad_lr"]
+__all__ = ["LAYOUTS", "PRESETS", "TOP_KS", "UGTSR", "UGTSRConfig", "UGTSROutput", "UncertaintyHead", "pad_lr"]

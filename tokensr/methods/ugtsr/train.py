@@ -63,6 +63,7 @@ from tokensr.errors import OptionError
 from tokensr.methods.ugtsr.losses import REDUCE_MIN, TokenizerFeatureLoss, codebook_loss, esu_loss, udl_loss
 from tokensr.methods.ugtsr.matching import MatchingAccuracy
 from tokensr.methods.ugtsr.model import PRESETS, UGTSR
+from tokensr.methods.ugtsr.prior import FeMaSRPrior
 from tokensr.nn import losses as L
 from tokensr.nn.quantizer import knn_codes
 from tokensr.nn.vqgan import VQGAN
@@ -92,13 +93,27 @@ LOSS_DEFAULTS: dict[str, Any] = {
 UNCERTAINTY_SOURCES = ("estimator", "self")
 
 
-def build_perceptual_loss(spec: Any, tokenizer: VQGAN, criterion: str = "l1") -> nn.Module | None:
+def load_tokenizer(name_or_path: str) -> VQGAN | FeMaSRPrior:
+    """The tokenizer folder (or bundled name) as the model its config names: a tokensr VQGAN,
+    or a FeMaSR prior converted with ``tokensr convert FeMaSR_HRP_model_g.pth`` (paper preset)."""
+    kind = read_config(name_or_path).get("model_type")
+    return (
+        FeMaSRPrior.from_pretrained(name_or_path)
+        if kind == FeMaSRPrior.model_type
+        else VQGAN.from_pretrained(name_or_path)
+    )
+
+
+def build_perceptual_loss(spec: Any, tokenizer: VQGAN | FeMaSRPrior, criterion: str = "l1") -> nn.Module | None:
     """The perceptual term from ``losses.perceptual_loss`` (images in [-1, 1], returns ``[B]``):
     :func:`tokensr.nn.losses.build_perceptual` with UGTSR's substitute, the tokenizer-feature
-    loss (:class:`TokenizerFeatureLoss`), for ``auto`` without VGG19 weights and for ``tokenizer``."""
+    loss (:class:`TokenizerFeatureLoss`), for ``auto`` without VGG19 weights and for ``tokenizer``.
+    The substitute reads a tokensr VQGAN's encoder; with a FeMaSR prior there is none."""
+    substitute = TokenizerFeatureLoss(tokenizer, criterion) if isinstance(tokenizer, VQGAN) else None
     if isinstance(spec, str) and spec.strip().lower() == "tokenizer":
-        return TokenizerFeatureLoss(tokenizer, criterion)
-    substitute = TokenizerFeatureLoss(tokenizer, criterion)
+        if substitute is None:
+            raise ValueError("perceptual_loss 'tokenizer' needs a tokensr VQGAN tokenizer; use vgg with a FeMaSR prior")
+        return substitute
     return L.build_perceptual(spec, input_range=(-1.0, 1.0), criterion=criterion, substitute=substitute)
 
 
@@ -166,7 +181,7 @@ class _Stage(TaskBase):
         if tok is None:
             raise OptionError(f"ugtsr_{self.stage} needs 'tokenizer' (a VQGAN folder or bundled name) or 'init'")
         try:
-            tokenizer = tok if isinstance(tok, VQGAN) else VQGAN.from_pretrained(tok)
+            tokenizer = tok if isinstance(tok, (VQGAN, FeMaSRPrior)) else load_tokenizer(tok)
         except FileNotFoundError as e:
             raise OptionError(f"tokenizer: {e}") from e
         fields = {**self._stage_defaults(), **self._model_overrides()}
@@ -267,7 +282,7 @@ class _Stage(TaskBase):
     def _codebook_only(self, hr: torch.Tensor, lr: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Warm-up step: only the LQ encoder and the codebook loss (no decoder pass, about a
         quarter of the cost), to bring ``z^l`` near the codes before the image losses start."""
-        _, z = self.model.encoder(lr * 2 - 1)
+        _, z = self.model.encoder(lr if self.model.pixels01 else lr * 2 - 1)
         gt = self.model.tokenizer.tokenize(hr)
         lw = self.loss_weights
         loss, logs = codebook_loss(z, self.model.tokenizer.quantizer.lookup(gt), lw["beta"], lw["alpha"])

@@ -99,10 +99,12 @@ class VQGANTask(TaskBase):
         self.model = self._build_model().to(self.device).train()
         self.freeze()
         self.loss_weights = self.read_losses(LOSS_DEFAULTS)
+        # the network's own image range: [-1, 1], or [0, 1] for a unit_range model (the paper RealSRT VQGAN)
+        net_range = (0.0, 1.0) if self.model.config.unit_range else (-1.0, 1.0)
         perceptual = None
         if self.loss_weights["perceptual"] > 0:
-            perceptual = L.build_perceptual(self.loss_weights["vgg"] or "vgg", input_range=(-1.0, 1.0))
-        self.loss = self.image_loss(self.loss_weights, input_range=(-1.0, 1.0), perceptual=perceptual)
+            perceptual = L.build_perceptual(self.loss_weights["vgg"] or "vgg", input_range=net_range)
+        self.loss = self.image_loss(self.loss_weights, input_range=net_range, perceptual=perceptual)
 
     # --- model ------------------------------------------------------------------------------
     def _build_model(self) -> VQGAN:
@@ -156,7 +158,7 @@ class VQGANTask(TaskBase):
 
     def losses(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         hr, _, sample_weight = self.inputs(batch)
-        x = hr * 2 - 1
+        x = self.model.to_net(hr)
         rec, q = self._reconstruct(x)
         out = self.loss(rec, x, step, last_layer=self.model.last_layer, sample_weight=sample_weight)
         g = out.g + self.loss_weights["codebook"] * q.loss if q.loss.requires_grad else out.g
@@ -165,7 +167,7 @@ class VQGANTask(TaskBase):
             vq_loss=q.loss.item(),
             usage=q.usage.item(),
             perplexity=q.perplexity.item(),
-            psnr=L.psnr((rec.detach().float() + 1) / 2, hr),
+            psnr=L.psnr(self.model.from_net(rec.detach().float()), hr),
         )
         return out.per_optimizer(g), logs
 
@@ -176,8 +178,8 @@ class VQGANTask(TaskBase):
         counts = torch.zeros(self.model.config.codebook_size, device=self.device)
         for i in range(0, images.shape[0], self.val.batch_size):
             x01 = images[i : i + self.val.batch_size]
-            rec, q = self._reconstruct(x01 * 2 - 1)
-            r01 = ((rec.float() + 1) / 2).clamp(0, 1)
+            rec, q = self._reconstruct(self.model.to_net(x01))
+            r01 = self.model.from_net(rec.float()).clamp(0, 1)
             mse = (r01 - x01).pow(2).flatten(1).mean(1).clamp_min(1e-12)
             psnrs += (-10.0 * torch.log10(mse)).tolist()
             l1s += (r01 - x01).abs().flatten(1).mean(1).tolist()
