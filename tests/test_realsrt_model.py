@@ -176,3 +176,17 @@ def test_stagewise_model_without_critic_and_ccm(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         loaded(lr, confidence="critic", use_ccm=False)
     assert math.isfinite(float(out.sum()))
+
+
+def test_a_misspelt_sub_module_setting_names_the_nearest_field() -> None:
+    """Every nested model config is checked the one way (tokensr.pretrained.check_fields)."""
+    from tokensr.methods.ugtsr.model import UGTSR, UGTSRConfig
+    from tokensr.pretrained import check_fields, config_from_dict
+
+    with pytest.raises(ValueError, match=r"unknown transformer setting 'hr_dept' \(did you mean 'hr_depth'\?\)"):
+        config_from_dict(TokenTransformerConfig, {"dim": 32, "hr_dept": 2}, where="transformer")
+    assert config_from_dict(TokenTransformerConfig, {"dim": 32, "model_type": "x", "future": 1}).dim == 32
+    with pytest.raises(ValueError, match="unknown ugtsr model setting 'scale'"):
+        check_fields(UGTSRConfig, {"scale": 2}, "ugtsr model", exclude=("scale", "tokenizer"))
+    with pytest.raises(ValueError, match=r"unknown ugtsr model setting 'top_kk' \(did you mean 'top_k'\?\)"):
+        UGTSR.create(_tiny_tokenizer(), preset="tiny", top_kk=3)

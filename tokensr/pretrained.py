@@ -10,9 +10,11 @@ Bundled weights live in ``tokensr/weights/<name>/`` and are found by name.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -60,8 +62,24 @@ def read_config(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.load(f)
 
 
-def config_from_dict(config_cls: type, data: dict[str, Any]) -> Any:
-    """Build a dataclass config from a dict, ignoring unknown keys (e.g. ``model_type``)."""
+def check_fields(config_cls: type, keys: Iterable[str], where: str, exclude: Iterable[str] = ()) -> None:
+    """ValueError for the first key that is not a field of the dataclass ``config_cls`` (nor
+    ``model_type``), naming the nearest field: the one check every nested model config uses, so
+    a typo in a sub-module's settings is never silently ignored. ``exclude``: fields that may
+    not be set here (they come from elsewhere, e.g. the tokenizer)."""
+    names = sorted({f.name for f in dataclasses.fields(config_cls)} - set(exclude))
+    for key in sorted(set(keys) - set(names) - {"model_type"}):
+        close = difflib.get_close_matches(str(key), names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(names)}"
+        raise ValueError(f"unknown {where} setting '{key}' ({hint})")
+
+
+def config_from_dict(config_cls: type, data: dict[str, Any], where: str | None = None) -> Any:
+    """Build a dataclass config from a dict (lists become tuples). Keys that are not fields are
+    ignored (``model_type``, fields of a newer version), unless ``where`` names the config for
+    a message: then :func:`check_fields` refuses them."""
+    if where is not None:
+        check_fields(config_cls, data, where)
     names = {f.name for f in dataclasses.fields(config_cls)}
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
     return config_cls(**kwargs)

@@ -143,6 +143,13 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) 
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
+def list_indices(state: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
+    """Sorted list indices ``i`` of the keys ``{prefix}{i}.*`` (the entries of a ModuleList or
+    Sequential in a state dict)."""
+    found = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    return sorted(found)
+
+
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
     """The entries under ``prefix`` (e.g. ``"quantize."``), with the prefix removed."""
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -154,6 +161,7 @@ __all__ = [
     "StateDict",
     "WRAPPER_KEYS",
     "find_state_dict",
+    "list_indices",
     "load_strict",
     "read_checkpoint",
     "strip_prefix",

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from tokensr.convert.base import ConversionError, Family, StateDict, load_strict, strip_prefix
+from tokensr.convert.base import ConversionError, Family, StateDict, list_indices, load_strict, strip_prefix
 from tokensr.methods.iter.lq_encoder import LQEncoderConfig
 from tokensr.methods.iter.model import ITER, ITERConfig
 from tokensr.methods.iter.refine import TokenNetConfig
@@ -67,12 +67,6 @@ _DERIVED = re.compile(r"(attn\.relative_position_index|attn_mask)$")
 
 
 # --- reading the layout --------------------------------------------------------------------------
-def _indices(state: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
-    """Sorted list indices ``i`` of the keys ``{prefix}{i}.*``."""
-    found = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-    return sorted(found)
-
-
 def _kind(state: Mapping[str, torch.Tensor], p: str) -> str:
     """What the module under prefix ``p`` of a VQGAN block list is."""
     if f"{p}conv_in.weight" in state:
@@ -107,8 +101,8 @@ class SwinSizes:
 
 def _swin_sizes(state: Mapping[str, torch.Tensor], p: str, what: str) -> SwinSizes:
     dim = int(_need(state, f"{p}conv_in.weight", what).shape[0])
-    groups = _indices(state, f"{p}swin_blks.")
-    depth = _indices(state, f"{p}swin_blks.0.residual_group.blocks.")
+    groups = list_indices(state, f"{p}swin_blks.")
+    depth = list_indices(state, f"{p}swin_blks.0.residual_group.blocks.")
     if not groups or not depth:
         raise ConversionError(f"{what}: no Swin blocks under '{p}swin_blks.'")
     blk = f"{p}swin_blks.0.residual_group.blocks.0."
@@ -124,8 +118,8 @@ def vqgan_config(state: Mapping[str, torch.Tensor]) -> tuple[VQGANConfig, list[s
     ``decoder.blocks.i`` is ``decoder.{dec_names[i]}``."""
     what = "the Swin-VQGAN"
     codebook = _need(state, "quantize.embedding.weight", what)
-    enc_kinds = [_kind(state, f"encoder.blocks.{i}.") for i in _indices(state, "encoder.blocks.")]
-    dec_kinds = [_kind(state, f"decoder.blocks.{i}.") for i in _indices(state, "decoder.blocks.")]
+    enc_kinds = [_kind(state, f"encoder.blocks.{i}.") for i in list_indices(state, "encoder.blocks.")]
+    dec_kinds = [_kind(state, f"decoder.blocks.{i}.") for i in list_indices(state, "decoder.blocks.")]
     if "resample" not in enc_kinds or "resample" not in dec_kinds:
         raise ConversionError(f"{what}: no down/upsampling blocks; this is not ITER's Swin-VQGAN")
     n_res = enc_kinds.index("resample") - 1
@@ -195,10 +189,10 @@ def lq_encoder_config(state: Mapping[str, torch.Tensor]) -> LQEncoderConfig:
     """The tokensr config of the released ``E_l`` (keys under ``lq_encoder.model.``)."""
     what = "the LQ encoder"
     ch = int(_need(state, f"{LQ_PREFIX}0.weight", what).shape[0])
-    stages = [i for i in _indices(state, LQ_PREFIX) if f"{LQ_PREFIX}{i}.1.conv.2.weight" in state]
+    stages = [i for i in list_indices(state, LQ_PREFIX) if f"{LQ_PREFIX}{i}.1.conv.2.weight" in state]
     if stages != list(range(1, len(stages) + 1)):
         raise ConversionError(f"{what}: its downsampling stages are not laid out as ITER's")
-    res_blocks = len(_indices(state, f"{LQ_PREFIX}1.")) - 1
+    res_blocks = len(list_indices(state, f"{LQ_PREFIX}1.")) - 1
     proj = _need(state, f"{LQ_PREFIX}{len(stages) + 1}.weight", what)
     sw = _swin_sizes(state, f"{LQ_PREFIX}{len(stages) + 2}.", what)
     return LQEncoderConfig(

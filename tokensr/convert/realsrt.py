@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from tokensr.convert.base import ConversionError, Family, StateDict, load_strict
+from tokensr.convert.base import ConversionError, Family, StateDict, list_indices, load_strict
 from tokensr.methods.realsrt.model import RealSRT, RealSRTConfig
 from tokensr.nn.transformer import sincos_2d
 from tokensr.nn.vqgan import VQGANConfig
@@ -80,12 +79,6 @@ Rule = tuple[str, str, tuple[tuple[str, str], ...]]
 
 
 # --- reading the layout ----------------------------------------------------------------------
-def _indices(state: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
-    """Sorted list indices ``i`` of the keys ``{prefix}{i}.*``."""
-    found = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-    return sorted(found)
-
-
 def _kind(state: Mapping[str, torch.Tensor], p: str) -> str:
     """What module ``p`` of the authors' encoder/decoder Sequential is: res, gn, resample or conv."""
     if f"{p}block.0.gn.weight" in state:
@@ -101,7 +94,7 @@ def _kind(state: Mapping[str, torch.Tensor], p: str) -> str:
 
 def _sequence(state: Mapping[str, torch.Tensor], prefix: str) -> list[tuple[int, str]]:
     """(index, kind) of every module with weights in the Sequential ``{prefix}model.``."""
-    return [(i, _kind(state, f"{prefix}model.{i}.")) for i in _indices(state, f"{prefix}model.")]
+    return [(i, _kind(state, f"{prefix}model.{i}.")) for i in list_indices(state, f"{prefix}model.")]
 
 
 def _runs(kinds: list[str]) -> list[int]:
@@ -182,8 +175,8 @@ def transformer_config(state: Mapping[str, torch.Tensor], prefix: str) -> tuple[
         dim=dim,
         heads=int(heads),
         dim_head=int(dim_head),
-        lr_depth=len(_indices(state, f"{prefix}enc_blocks.")),
-        hr_depth=len(_indices(state, f"{prefix}dec_blocks.")),
+        lr_depth=len(list_indices(state, f"{prefix}enc_blocks.")),
+        hr_depth=len(list_indices(state, f"{prefix}dec_blocks.")),
         ff_mult=ff_mult,
         pos_cols_first=True,
     )

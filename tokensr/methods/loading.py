@@ -65,6 +65,19 @@ def color_levels_option(value: Any, scale: int, per_scale: Mapping[int, int]) ->
     return as_int("color_levels", value)
 
 
+def tile_option(value: Any, auto: int, minimum: int) -> int | None:
+    """A method's ``tile`` option (LR pixels): None/``auto`` -> ``auto``; ``off``/``none``/
+    ``false``/0 -> None (one pass); else a side of at least ``minimum``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return auto
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "none", "false")):
+        return None
+    n = as_int("tile", value, 0)
+    if n and n < minimum:
+        raise OptionError(f"option tile must be 0 (off) or at least {minimum} LR pixels, got {n}")
+    return n or None
+
+
 def as_bool(name: str, value: Any) -> bool:
     """``value`` as a flag: a bool, or 1/0, true/false, yes/no, on/off in any case."""
     if isinstance(value, bool):

@@ -22,7 +22,7 @@ import torch
 
 from tokensr.errors import OptionError
 from tokensr.methods.femasr.model import FeMaSR
-from tokensr.methods.loading import as_int, load_saved_model
+from tokensr.methods.loading import as_int, load_saved_model, tile_option
 
 AUTO_TILE = 240  # the authors' tile side (test_tile)
 DEFAULT_OVERLAP = 16  # the authors' tile_pad
@@ -84,17 +84,6 @@ class _Pass:
         return self.model.upscale(lr)
 
 
-def _tile(value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
-        return AUTO_TILE
-    if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "none", "false")):
-        return None
-    n = as_int("tile", value, 0)
-    if n and n < 16:
-        raise OptionError(f"option tile must be 0 (off) or at least 16 LR pixels, got {n}")
-    return n or None
-
-
 def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **options: Any) -> FeMaSRMethod:
     """Build FeMaSR for ``scale`` from ``weights`` (a folder written by ``tokensr convert``)."""
     known = {"tile", "tile_overlap"}
@@ -109,7 +98,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
     overlap = options.get("tile_overlap")
     return FeMaSRMethod(
         model,
-        tile=_tile(options.get("tile")),
+        tile=tile_option(options.get("tile"), AUTO_TILE, minimum=16),
         tile_overlap=DEFAULT_OVERLAP if overlap is None else as_int("tile_overlap", overlap, 0),
     )
 

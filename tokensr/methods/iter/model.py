@@ -127,13 +127,13 @@ class ITER(nn.Module, PretrainedMixin):
 
     def _lq_config(self, data: dict[str, Any]) -> LQEncoderConfig:
         tok = self.tokenizer.config
-        cfg = config_from_dict(LQEncoderConfig, data)
+        cfg = config_from_dict(LQEncoderConfig, data, where="lq_encoder")
         return dataclasses.replace(
             cfg, codebook_size=tok.codebook_size, resample=resample_log2(tok.factor, self.config.scale)
         )
 
     def _net_config(self, data: dict[str, Any]) -> TokenNetConfig:
-        cfg = config_from_dict(TokenNetConfig, data)
+        cfg = config_from_dict(TokenNetConfig, data, where="token network")
         return dataclasses.replace(cfg, codebook_size=self.tokenizer.config.codebook_size)
 
     # --- construction for training -----------------------------------------------------------
@@ -228,15 +228,10 @@ class ITER(nn.Module, PretrainedMixin):
         """``S_l``: the LQ encoder's argmax tokens ``[B, h', w']``."""
         return self.lq_logits(lr01).argmax(1)
 
-    @torch.no_grad()
-    def hr_tokens(self, hr01: torch.Tensor) -> torch.Tensor:
-        """``S_h``: the tokenizer's tokens ``[B, H/f, W/f]`` of HR images in [0, 1]."""
-        self.tokenizer.eval()
-        return self.tokenizer.encode(hr01 * 2 - 1).indices
-
     def decode_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token map ``[B, h, w]`` -> image in [0, 1]."""
-        return ((self.tokenizer.decode_indices(ids) + 1) / 2).clamp(0, 1)
+        """Token map ``[B, h, w]`` -> image in [0, 1]. (``S_h``, the HR image's own tokens, is
+        ``self.tokenizer.tokenize(hr01)``.)"""
+        return self.tokenizer.from_net(self.tokenizer.decode_indices(ids)).clamp(0, 1)
 
     def decode_onehot(self, onehot: torch.Tensor) -> torch.Tensor:
         """Soft/one-hot code weights ``[B, K, h, w]`` -> image in [0, 1], differentiable in the weights."""

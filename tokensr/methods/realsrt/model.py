@@ -175,16 +175,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _check_fields(config_cls: type, data: dict[str, Any], where: str) -> None:
-    """Refuse keys that are not fields of ``config_cls`` (a typo would otherwise be ignored)."""
-    known = {f.name for f in dataclasses.fields(config_cls)} | {"model_type"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown {where} setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known - {'model_type'}))})"
-        )
-
-
 # --- the whole model -----------------------------------------------------------------------
 @dataclass
 class RealSRTConfig:
@@ -238,8 +228,7 @@ class RealSRT(nn.Module, PretrainedMixin):
 
     def _transformer_config(self, data: dict[str, Any], critic: bool) -> TokenTransformerConfig:
         tok = self.tokenizer.config
-        _check_fields(TokenTransformerConfig, data, "transformer")
-        cfg = config_from_dict(TokenTransformerConfig, data)
+        cfg = config_from_dict(TokenTransformerConfig, data, where="transformer")
         return dataclasses.replace(cfg, codebook_size=tok.codebook_size, code_dim=tok.code_dim, critic=critic)
 
     # --- construction for training ---------------------------------------------------------
@@ -290,8 +279,7 @@ class RealSRT(nn.Module, PretrainedMixin):
 
     def add_ccm(self, ccm: dict[str, Any] | None = None) -> CCM:
         """Attach a fresh CCM whose encoder is a copy of the tokenizer encoder."""
-        _check_fields(CCMConfig, ccm or {}, "ccm")
-        cfg = config_from_dict(CCMConfig, ccm or {})
+        cfg = config_from_dict(CCMConfig, ccm or {}, where="ccm")
         self.ccm = CCM.from_tokenizer(self.tokenizer, cfg)
         self.config.ccm = dataclasses.asdict(cfg)
         return self.ccm
@@ -322,21 +310,13 @@ class RealSRT(nn.Module, PretrainedMixin):
         f = self.tokenizer.factor
         if lr_up.shape[-2] % f or lr_up.shape[-1] % f:
             raise ValueError(f"upsampled LR {tuple(lr_up.shape[-2:])} is not a multiple of the tokenizer factor {f}")
-        x = self.tokenizer.to_net(lr_up.float())
-        # the tokenizer runs in float32 even under autocast: nearest-code search in fp16/bf16
-        # would pick different codes
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            if self.config.lr_input == "tokens":
-                ids = self.tokenizer.encode(x).indices
-                return Condition(lr_up, ids.flatten(1), (ids.shape[1], ids.shape[2]))
-            z = self.tokenizer.encode_continuous(x)
+        if self.config.lr_input == "tokens":
+            ids = self.tokenizer.tokenize(lr_up)  # float32 even under autocast, no codebook update
+            return Condition(lr_up, ids.flatten(1), (ids.shape[1], ids.shape[2]))
+        # the latents also in float32 under autocast (the transformers see the same LR stream)
+        with torch.autocast(device_type=lr_up.device.type, enabled=False):
+            z = self.tokenizer.encode_continuous(self.tokenizer.to_net(lr_up.float()))
         return Condition(lr_up, z.flatten(2).transpose(1, 2), (z.shape[2], z.shape[3]))
-
-    @torch.no_grad()
-    def hr_tokens(self, hr01: torch.Tensor) -> torch.Tensor:
-        """Ground-truth HR token ids ``[B, N]`` (tokenizer in float32, as in :meth:`condition`)."""
-        with torch.autocast(device_type=hr01.device.type, enabled=False):
-            return self.tokenizer.encode(self.tokenizer.to_net(hr01.float())).indices.flatten(1)
 
     @torch.no_grad()
     def generate(

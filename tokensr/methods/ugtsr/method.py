@@ -26,7 +26,7 @@ import torch
 
 from tokensr.errors import OptionError
 from tokensr.inference.colorfix import COLOR_FIXES, color_fix
-from tokensr.methods.loading import as_choice, as_int, color_levels_option, load_saved_model
+from tokensr.methods.loading import as_choice, as_int, color_levels_option, load_saved_model, tile_option
 from tokensr.methods.ugtsr.model import UGTSR
 
 # bundled default per scale (trained by the lead; see docs/ugtsr.md)
@@ -106,17 +106,6 @@ class _Pass:
 # --- options -------------------------------------------------------------------------------------
 
 
-def _tile(value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
-        return AUTO_TILE
-    if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "none", "false")):
-        return None
-    n = as_int("tile", value, 0)
-    if n and n < 8:
-        raise OptionError(f"option tile must be 0 (off) or at least 8 LR pixels, got {n}")
-    return n or None
-
-
 def load_model(weights: str | None, scale: int, device: str | torch.device = "cpu") -> UGTSR:
     """Load a saved UGTSR folder (or the bundled default for ``scale``) onto ``device``."""
     return load_saved_model(UGTSR, weights, scale, DEFAULT_WEIGHTS, device)
@@ -143,7 +132,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
     return UGTSRMethod(
         model,
         top_k=top_k,
-        tile=_tile(options.get("tile")),
+        tile=tile_option(options.get("tile"), AUTO_TILE, minimum=8),
         tile_overlap=DEFAULT_OVERLAP if overlap is None else as_int("tile_overlap", overlap, 0),
         color=options.get("color_fix") or DEFAULT_COLOR_FIX,  # checked by UGTSRMethod
         color_levels=options.get("color_levels"),  # checked by UGTSRMethod

@@ -57,7 +57,7 @@ from tokensr.methods.ugtsr.prior import FeMaSRPrior, PriorConfig, PriorDecoder
 from tokensr.nn.blocks import ResnetBlock, group_norm, zero_module
 from tokensr.nn.quantizer import knn_codes
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
-from tokensr.pretrained import WEIGHTS_NAME, PretrainedMixin, config_from_dict, read_config, resolve
+from tokensr.pretrained import WEIGHTS_NAME, PretrainedMixin, check_fields, config_from_dict, read_config, resolve
 
 TOP_KS = (1, 3, 5)  # the paper's choices; any k >= 1 works
 LAYOUTS = ("tokensr", "femasr")  # taming VQGAN + tokensr LQ encoder | FeMaSR prior + FeMaSR LQ network
@@ -286,10 +286,7 @@ class UGTSR(nn.Module, PretrainedMixin):
         FeMaSR's network plus UGTSR's modules, as the paper), ``tokensr`` for a VQGAN."""
         if preset not in PRESETS:
             raise ValueError(f"unknown ugtsr preset '{preset}' (choose from {', '.join(PRESETS)})")
-        names = {f.name for f in dataclasses.fields(UGTSRConfig)} - {"scale", "tokenizer"}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"unknown ugtsr model field(s): {', '.join(unknown)}")
+        check_fields(UGTSRConfig, overrides, "ugtsr model", exclude=("scale", "tokenizer"))
         values: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in {**PRESETS[preset], **overrides}.items()
         }
