@@ -126,6 +126,25 @@ def test_ccm_task_trains_only_the_ccm(generator_folder: Path, tmp_path: Path) ->
     assert loaded.ccm.zero_conv.weight.abs().sum() > 0
 
 
+def test_ccm_losses_see_the_unclamped_decoder_output(generator_folder: Path, tmp_path: Path) -> None:
+    """As in the reference code: a pixel overshooting [0, 1] is still penalised (and gets a
+    gradient), where a clamped output would hide it."""
+    critic_task = CriticTask({"init": str(generator_folder), "preset": "tiny"}, "cpu")
+    critic_task.export(str(tmp_path / "critic"))
+    task = CCMTask({"init": str(tmp_path / "critic"), "tokens": "gt", "losses": {"perceptual": 0, "gan": 0}}, "cpu")
+    batch = tiny_batch()
+    with torch.no_grad():  # push the decoder's output far above 1
+        task.model.tokenizer.decoder.conv_out.bias.add_(3.0)
+        cond = task.model.condition(batch["lr"])
+        ids = task.model.tokenizer.tokenize(batch["hr"]).flatten(1)
+        raw = task.model.decode(ids, cond.hw, cond.lr_up, clamp=False)
+    assert float(raw.max()) > 1.5
+    _, logs = task.losses(batch, step=0)
+    expected = float(((raw - batch["hr"]) ** 2).mean())
+    assert logs["l2"] == pytest.approx(expected, rel=1e-4)
+    assert logs["l2"] > float(((raw.clamp(0, 1) - batch["hr"]) ** 2).mean()) * 1.5
+
+
 def test_ccm_task_gan_branch(generator_folder: Path) -> None:
     task = CCMTask(
         {

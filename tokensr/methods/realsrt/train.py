@@ -400,9 +400,11 @@ class CCMTask(_Stage):
         assert lr is not None
         cond = self.model.condition(lr)
         ids = self._tokens(hr, cond)
-        out = self.model.decode(ids, cond.hw, cond.lr_up)
+        # the losses see the decoder's unclamped output, as the reference code's: a clamp would
+        # stop the gradient wherever the CCM overshoots [0, 1]
+        out = self.model.decode(ids, cond.hw, cond.lr_up, clamp=False)
         terms = self.loss(out, hr, step, last_layer=self.ccm.last_layer, sample_weight=sample_weight)
-        return terms.per_optimizer(), {**terms.logs, "psnr": L.psnr(out, hr)}
+        return terms.per_optimizer(), {**terms.logs, "psnr": L.psnr(out.clamp(0, 1), hr)}
 
     def evaluate(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         hr, lr = batch["hr"], batch["lr"]
