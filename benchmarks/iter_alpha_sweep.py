@@ -20,6 +20,9 @@ Run::
 
     PYTHONPATH=. python benchmarks/iter_alpha_sweep.py --weights runs/iter_small/export \\
         --pairs ../shared/data/eval/set14_realesrgan_x4 --crop 64 --out docs/iter_alpha_sweep.md
+
+``--color-fix none`` sweeps the raw output: with the default wavelet fix the PSNR column mostly
+shows the fix, which takes the coarse image from the LR whatever alpha is.
 """
 from __future__ import annotations
 
@@ -155,6 +158,8 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--tile", type=int, default=None, help="LR tile side (default: the method's automatic rule; 0 = off)")
     ap.add_argument("--color-levels", type=int, default=None, metavar="N",
                     help="wavelet levels of the colour fix (default: the method's)")
+    ap.add_argument("--color-fix", default=None, metavar="KIND",
+                    help="colour fix (default: the method's; 'none' shows what ITER itself does)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     args = ap.parse_args(argv)
@@ -174,6 +179,8 @@ def _main(argv: list[str] | None) -> int:
             options["tile"] = args.tile
         if args.color_levels is not None:
             options["color_levels"] = args.color_levels
+        if args.color_fix is not None:
+            options["color_fix"] = args.color_fix
         method = build(scale=int(config.get("scale", 4)), weights=str(folder), device=args.device, **options)
         if not method.model.can_refine:
             raise OptionError(f"{args.weights} has no refinement/evaluation networks (LQ-encoder stage only)")
