@@ -115,7 +115,7 @@ def read_checkpoint(path: str | Path) -> StateDict:
     return state
 
 
-def _some(keys: Sequence[str], n: int = 4) -> str:
+def some_keys(keys: Sequence[str], n: int = 4) -> str:
     shown = ", ".join(keys[:n])
     return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
@@ -133,11 +133,11 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) 
     )
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing keys ({_some(missing)})")
+        problems.append(f"{len(missing)} missing keys ({some_keys(missing)})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys ({_some(unexpected)})")
+        problems.append(f"{len(unexpected)} unexpected keys ({some_keys(unexpected)})")
     if shapes:
-        problems.append(f"{len(shapes)} shape mismatches ({_some(shapes, 2)})")
+        problems.append(f"{len(shapes)} shape mismatches ({some_keys(shapes, 2)})")
     if problems:
         raise ConversionError(f"{what} does not map: " + "; ".join(problems))
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
@@ -148,6 +148,17 @@ def list_indices(state: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
     Sequential in a state dict)."""
     found = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
     return sorted(found)
+
+
+def learned_codebook_buffers(codebook: torch.Tensor, prefix: str = "quantizer.") -> StateDict:
+    """The bookkeeping buffers of tokensr's quantizer for a codebook learned by gradient (the
+    authors' files have none): no EMA counts, sums equal to the codes, initialised. They only
+    matter if the converted model is trained on with an EMA codebook."""
+    return {
+        f"{prefix}cluster_size": torch.zeros(codebook.shape[0], dtype=codebook.dtype),
+        f"{prefix}embed_sum": codebook.detach().clone(),
+        f"{prefix}initialized": torch.tensor(True),
+    }
 
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
@@ -161,8 +172,10 @@ __all__ = [
     "StateDict",
     "WRAPPER_KEYS",
     "find_state_dict",
+    "learned_codebook_buffers",
     "list_indices",
     "load_strict",
     "read_checkpoint",
+    "some_keys",
     "strip_prefix",
 ]

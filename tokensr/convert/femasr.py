@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from tokensr.convert.base import ConversionError, Family, StateDict, load_strict
+from tokensr.convert.base import ConversionError, Family, StateDict, learned_codebook_buffers, load_strict, some_keys
 
 if TYPE_CHECKING:  # the model classes are imported when a conversion runs, not with the family list
     from tokensr.methods.ugtsr.prior import PriorConfig
@@ -207,18 +207,8 @@ def _rename(state: Mapping[str, torch.Tensor], rename: Callable[[str], str | Non
         else:
             out[new] = v
     if homeless:
-        shown = ", ".join(homeless[:4]) + (f" and {len(homeless) - 4} more" if len(homeless) > 4 else "")
-        raise ConversionError(f"{what} has {len(homeless)} tensors tokensr does not know ({shown})")
+        raise ConversionError(f"{what} has {len(homeless)} tensors tokensr does not know ({some_keys(homeless)})")
     return out
-
-
-def _quantizer_buffers(model: nn.Module, prefix: str) -> StateDict:
-    """The tokensr quantizer's bookkeeping buffers for a learned (non-EMA) codebook."""
-    own = model.state_dict()
-    return {
-        f"{prefix}quantizer.cluster_size": torch.zeros_like(own[f"{prefix}quantizer.cluster_size"]),
-        f"{prefix}quantizer.initialized": torch.ones_like(own[f"{prefix}quantizer.initialized"]),
-    }
 
 
 def prior_state(state: Mapping[str, torch.Tensor], with_encoder: bool) -> StateDict:
@@ -229,7 +219,7 @@ def prior_state(state: Mapping[str, torch.Tensor], with_encoder: bool) -> StateD
 
     keep = state if with_encoder else {k: v for k, v in state.items() if _prior_key(k) is not None}
     out = _rename(keep, rename, "the FeMaSR HQ prior")
-    out["quantizer.embed_sum"] = out["quantizer.embedding.weight"].clone()
+    out.update(learned_codebook_buffers(out["quantizer.embedding.weight"]))
     return out
 
 
@@ -247,7 +237,6 @@ def convert_hq(states: Sequence[StateDict]) -> nn.Module:
         )
     model = FeMaSRPrior(prior_config(state, encoder=True))
     mapped = prior_state(state, with_encoder=True)
-    mapped.update(_quantizer_buffers(model, ""))
     load_strict(model, mapped, "the FeMaSR HQ prior")
     return model.eval()
 
@@ -306,7 +295,6 @@ def convert_sr(states: Sequence[StateDict], want: int) -> nn.Module:
     if hq is not None:
         enc = {k: v for k, v in hq.items() if _hq_encoder_key(k) is not None}
         mapped.update({f"tokenizer.{_hq_encoder_key(k)}": v for k, v in enc.items()})
-    mapped.update(_quantizer_buffers(model, "tokenizer."))
     sr_only = {k: v for k, v in state.items() if _prior_key(k) is None}
     mapped.update(_rename(sr_only, lambda k: _sr_key(k, swin), f"the FeMaSR x{scale} SR model"))
     load_strict(model, mapped, f"the FeMaSR x{scale} SR model")

@@ -28,7 +28,15 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from tokensr.convert.base import ConversionError, Family, StateDict, list_indices, load_strict, strip_prefix
+from tokensr.convert.base import (
+    ConversionError,
+    Family,
+    StateDict,
+    learned_codebook_buffers,
+    list_indices,
+    load_strict,
+    strip_prefix,
+)
 from tokensr.methods.iter.lq_encoder import LQEncoderConfig
 from tokensr.methods.iter.model import ITER, ITERConfig
 from tokensr.methods.iter.refine import TokenNetConfig
@@ -51,10 +59,6 @@ EVAL_PREFIX = "token_refine_net.token_crit_net."
 # for the released, retrained phi_e), their start-step rule, and images padded so the token grid
 # tiles the Swin windows.
 STEPS, ALPHA, SCHEDULE, START_RULE, TOKEN_MULTIPLE = 8, 0.7, "linear", "reference", 8
-
-# Buffers of the tokensr model that the authors' files do not have: the codebook statistics the
-# EMA quantizer keeps (unused by the learned codebook of ITER's VQGAN); taken from the new model.
-TOKENSR_ONLY = ("tokenizer.quantizer.cluster_size", "tokenizer.quantizer.embed_sum", "tokenizer.quantizer.initialized")
 
 # Inside every Swin stage ("SwinLayers" there, SwinStack here).
 _SWIN_RENAMES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -409,13 +413,9 @@ def convert(states: Sequence[StateDict]) -> ITER:
     model = ITER(config)
     _check_derived(model, renamed)
     state = {k: v for k, v in renamed.items() if not is_derived(k)}
-    own = model.state_dict()
-    for key in TOKENSR_ONLY:
-        state[key] = own[key]
     codebook = state.get("tokenizer.quantizer.embedding.weight")
-    if codebook is not None:
-        state["tokenizer.quantizer.embed_sum"] = codebook.detach().clone()
-    state["tokenizer.quantizer.initialized"] = torch.tensor(True)
+    if codebook is not None:  # (without it load_strict names the missing codebook)
+        state.update(learned_codebook_buffers(codebook, "tokenizer.quantizer."))
     load_strict(model, state, "the ITER checkpoints")
     return model.eval()
 

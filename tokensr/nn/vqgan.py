@@ -214,7 +214,68 @@ class VQGANOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class VQGAN(nn.Module, PretrainedMixin):
+class TokenizerMixin:
+    """The tokenizer vocabulary every method uses, built from what a tokenizer class defines
+    (``encode_continuous``, ``decode``, ``quantizer``, ``factor``, and ``to_net``/``from_net``
+    when its network does not take images in [0, 1]): quantize (``encode``), decode a token map
+    (``decode_indices``), encode-quantize-decode (``forward``), and the [0, 1] helpers
+    ``tokenize`` and ``reconstruct``. :class:`VQGAN` and FeMaSR's prior share it."""
+
+    quantizer: VectorQuantizer
+
+    @property
+    def factor(self) -> int:
+        raise NotImplementedError
+
+    def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_net(self, img01: torch.Tensor) -> torch.Tensor:
+        """An image in [0, 1] in the network's range (here: as it is)."""
+        return img01
+
+    def from_net(self, x: torch.Tensor) -> torch.Tensor:
+        """A decoder output back on the [0, 1] scale, not clamped (here: as it is)."""
+        return x
+
+    def encode(self, x: torch.Tensor) -> QuantizerOutput:
+        """Quantize an image in the network's range; codes, indices and the VQ loss."""
+        return self.quantizer(self.encode_continuous(x))
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decode a token map ``[B, h, w]`` to an image in the network's range."""
+        return self.decode(self.quantizer.lookup(indices))
+
+    def forward(self, x: torch.Tensor) -> VQGANOutput:
+        q = self.encode(x)
+        return VQGANOutput(self.decode(q.z_q), q)
+
+    @torch.no_grad()
+    def tokenize(self, img01: torch.Tensor) -> torch.Tensor:
+        """Token indices ``[B, H/f, W/f]`` of an image in [0, 1] (H, W multiples of f): the
+        nearest code of each encoder output. The one way every method turns an HR image into
+        its ground-truth tokens: always in float32 (under autocast too, since nearest-code search
+        in bf16/fp16 picks other codes), and never an EMA codebook update, in any mode."""
+        with torch.autocast(device_type=img01.device.type, enabled=False):
+            z = self.encode_continuous(self.to_net(img01.float()))
+        b, c, h, w = z.shape
+        return self.quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, h, w)
+
+    @torch.no_grad()
+    def reconstruct(self, img01: torch.Tensor) -> torch.Tensor:
+        """Encode-quantize-decode an image in [0, 1], padding to a multiple of f."""
+        h, w = img01.shape[-2:]
+        f = self.factor
+        ph, pw = (-h) % f, (-w) % f
+        x = F.pad(self.to_net(img01), (0, pw, 0, ph), mode="replicate") if ph or pw else self.to_net(img01)
+        out = cast(nn.Module, self)(x).recon[..., :h, :w]  # the module call (hooks included)
+        return self.from_net(out).clamp(0, 1)
+
+
+class VQGAN(TokenizerMixin, nn.Module, PretrainedMixin):
     config_class: ClassVar[type] = VQGANConfig
     model_type: ClassVar[str] = "vqgan"
 
@@ -242,24 +303,12 @@ class VQGAN(nn.Module, PretrainedMixin):
         """Weight of the final decoder conv, for the adaptive GAN weight."""
         return self.decoder.conv_out.weight
 
-    def encode(self, x: torch.Tensor) -> QuantizerOutput:
-        """Quantize an image in [-1, 1]; returns codes, indices and the VQ loss."""
-        return self.quantizer(self.quant_conv(self.encoder(x)))
-
     def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-quantization latents ``[B, code_dim, H/f, W/f]`` for an image in [-1, 1]."""
         return self.quant_conv(self.encoder(x))
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z_q))
-
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Decode a token map ``[B, h, w]`` to an image in [-1, 1]."""
-        return self.decode(self.quantizer.lookup(indices))
-
-    def forward(self, x: torch.Tensor) -> VQGANOutput:
-        q = self.encode(x)
-        return VQGANOutput(self.decode(q.z_q), q)
 
     # --- [0, 1] image helpers -------------------------------------------------------------
     def to_net(self, img01: torch.Tensor) -> torch.Tensor:
@@ -269,24 +318,3 @@ class VQGAN(nn.Module, PretrainedMixin):
     def from_net(self, x: torch.Tensor) -> torch.Tensor:
         """A decoder output back on the [0, 1] scale (not clamped)."""
         return x if self.config.unit_range else (x + 1) / 2
-
-    @torch.no_grad()
-    def tokenize(self, img01: torch.Tensor) -> torch.Tensor:
-        """Token indices ``[B, H/f, W/f]`` of an image in [0, 1] (H, W multiples of f): the
-        nearest code of each encoder output. The one way every method turns an HR image into
-        its ground-truth tokens: always in float32 (under autocast too, since nearest-code search
-        in bf16/fp16 picks other codes), and never an EMA codebook update, in any mode."""
-        with torch.autocast(device_type=img01.device.type, enabled=False):
-            z = self.encode_continuous(self.to_net(img01.float()))
-        b, c, h, w = z.shape
-        return self.quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, h, w)
-
-    @torch.no_grad()
-    def reconstruct(self, img01: torch.Tensor) -> torch.Tensor:
-        """Encode-quantize-decode an image in [0, 1], padding to a multiple of f."""
-        h, w = img01.shape[-2:]
-        f = self.factor
-        ph, pw = (-h) % f, (-w) % f
-        x = F.pad(self.to_net(img01), (0, pw, 0, ph), mode="replicate") if ph or pw else self.to_net(img01)
-        out = self(x).recon[..., :h, :w]
-        return self.from_net(out).clamp(0, 1)

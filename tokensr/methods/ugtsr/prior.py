@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokensr.nn.blocks import ResnetBlock
-from tokensr.nn.quantizer import QuantizerOutput, VectorQuantizer
-from tokensr.nn.vqgan import VQGANOutput
+from tokensr.nn.quantizer import VectorQuantizer
+from tokensr.nn.vqgan import TokenizerMixin
 from tokensr.pretrained import PretrainedMixin
 
 
@@ -130,12 +130,12 @@ class PriorDecoder(nn.Module):
         return self.head(h)
 
 
-class FeMaSRPrior(nn.Module, PretrainedMixin):
+class FeMaSRPrior(TokenizerMixin, nn.Module, PretrainedMixin):
     """The HQ prior: encoder -> 1x1 conv -> codebook -> decoder, all in [0, 1] pixels.
 
     Offers the tokenizer vocabulary of :class:`tokensr.nn.vqgan.VQGAN` (``encode``,
-    ``encode_continuous``, ``decode``, ``decode_indices``, ``tokenize``, ``reconstruct``,
-    ``quantizer``, ``decoder``, ``post_quant_conv``), with images in [0, 1] throughout.
+    ``decode_indices``, ``tokenize``, ``reconstruct`` and ``forward`` come from
+    :class:`~tokensr.nn.vqgan.TokenizerMixin`), with images in [0, 1] throughout.
     """
 
     config_class: ClassVar[type] = PriorConfig
@@ -173,37 +173,9 @@ class FeMaSRPrior(nn.Module, PretrainedMixin):
         encoder, quant_conv = self._need_encoder()
         return quant_conv(encoder(x01))
 
-    def encode(self, x01: torch.Tensor) -> QuantizerOutput:
-        return self.quantizer(self.encode_continuous(x01))
-
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """Code vectors -> image on the [0, 1] scale (not clamped)."""
         return self.decoder(self.post_quant_conv(z_q))
-
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Token map ``[B, h, w]`` -> image on the [0, 1] scale."""
-        return self.decode(self.quantizer.lookup(indices))
-
-    def forward(self, x01: torch.Tensor) -> VQGANOutput:
-        q = self.encode(x01)
-        return VQGANOutput(self.decode(q.z_q), q)
-
-    @torch.no_grad()
-    def tokenize(self, img01: torch.Tensor) -> torch.Tensor:
-        """Token indices ``[B, H/f, W/f]`` of an image in [0, 1], in float32 (as VQGAN.tokenize)."""
-        with torch.autocast(device_type=img01.device.type, enabled=False):
-            z = self.encode_continuous(img01.float())
-        b, c, h, w = z.shape
-        return self.quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, h, w)
-
-    @torch.no_grad()
-    def reconstruct(self, img01: torch.Tensor) -> torch.Tensor:
-        """Encode-quantize-decode an image in [0, 1] (padded to a multiple of f, replicate)."""
-        h, w = img01.shape[-2:]
-        f = self.factor
-        ph, pw = (-h) % f, (-w) % f
-        x = F.pad(img01, (0, pw, 0, ph), mode="replicate") if ph or pw else img01
-        return self(x).recon[..., :h, :w].clamp(0, 1)
 
 
 __all__ = ["DownLevel", "FeMaSRPrior", "PriorConfig", "PriorDecoder", "PriorEncoder", "UpLevel"]
