@@ -15,7 +15,13 @@ from tiny_models import fit, tiny_tokenizer
 
 from tokensr.errors import OptionError
 from tokensr.methods.iter.model import ITER
-from tokensr.methods.iter.train import LOSS_DEFAULTS, ITERTask, LQEncoderTask, RefineEvalTask
+from tokensr.methods.iter.train import (
+    LOSS_DEFAULTS,
+    ITERTask,
+    LQEncoderTask,
+    RefineEvalTask,
+    refine_cross_entropy,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -129,13 +135,40 @@ def test_joint_task_trains_all_three(tmp_path: Path) -> None:
     assert loaded.can_refine and loaded.config.steps == 3 and loaded.config.alpha == 0.7
 
 
+def test_refine_weighting_by_hand() -> None:
+    """Eq. 4 weightings on a hand-made batch: sample 0 has nothing masked (mask ratio 0),
+    sample 1 has half its tokens masked (0.5)."""
+    ce = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]])
+    keep = torch.tensor([[[True, True], [True, True]], [[False, True], [False, True]]])
+    assert refine_cross_entropy(ce, keep, "mean").item() == pytest.approx(36 / 8)
+    # the reference: sum_b r_b sum_n ce_bn / (B N) = (0 * 10 + 0.5 * 26) / 8
+    weighted = refine_cross_entropy(ce, keep, "mask_ratio")
+    assert weighted.item() == pytest.approx(13 / 8)
+    # the mask-ratio-0 sample contributes nothing, whatever its cross-entropy
+    other = ce.clone()
+    other[0] = 100.0
+    assert refine_cross_entropy(other, keep, "mask_ratio").item() == pytest.approx(13 / 8)
+    assert refine_cross_entropy(other, keep, "mean").item() != pytest.approx(36 / 8)
+    # with sample weights (normalised by their sum) and on the masked tokens only
+    w = torch.tensor([1.0, 3.0])
+    assert refine_cross_entropy(ce, keep, "mask_ratio", w).item() == pytest.approx(3 * 0.5 * 26 / (4 + 12))
+    masked = refine_cross_entropy(ce, keep, "mask_ratio", select=~keep)
+    assert masked.item() == pytest.approx(0.5 * (5 + 7) / 2)
+    with pytest.raises(ValueError):
+        refine_cross_entropy(ce, keep, "sum")
+
+
 def test_refine_loss_on_masked_tokens_only(lq_stage: Path) -> None:
-    task = RefineEvalTask({"init": str(lq_stage), "preset": "tiny", "losses": {"refine_tokens": "masked"}}, "cpu")
+    losses = {"refine_tokens": "masked", "refine_weighting": "mean"}
+    task = RefineEvalTask({"init": str(lq_stage), "preset": "tiny", "losses": losses}, "cpu")
     m = task.model
     assert m.refine is not None and m.evaluator is not None
     batch = tiny_batch()
     torch.manual_seed(2)
     _, logs = task.losses(batch, 0)
+    task.loss_weights["refine_weighting"] = "mask_ratio"
+    torch.manual_seed(2)
+    _, weighted_logs = task.losses(batch, 0)
     # recompute Eq. 4 by hand with the same random mask (the only draw from the global RNG)
     torch.manual_seed(2)
     from tokensr.methods.iter.sampling import training_keep_mask
@@ -150,6 +183,11 @@ def test_refine_loss_on_masked_tokens_only(lq_stage: Path) -> None:
         ce = F.cross_entropy(m.refine(s_t, lq, lq_good), target, reduction="none")
     assert logs["refine_ce"] == pytest.approx(ce[~keep].mean().item(), rel=1e-5)
     assert logs["mask_ratio"] == pytest.approx((~keep).float().mean().item())
+    # the default weighting: each sample's masked tokens times its mask ratio
+    ratio = (~keep).flatten(1).float().mean(1)
+    want = (ce * ratio[:, None, None])[~keep].mean().item()
+    assert weighted_logs["refine_ce"] == pytest.approx(want, rel=1e-5)
+    assert LOSS_DEFAULTS["refine_weighting"] == "mask_ratio"
 
 
 def test_validation_reports_refinement(lq_stage: Path) -> None:
@@ -175,6 +213,8 @@ def test_config_errors(lq_stage: Path) -> None:
         ITERTask({"tokenizer": tok, "preset": "tiny", "losess": {}}, "cpu")
     with pytest.raises(OptionError, match="refine_tokens"):
         ITERTask({"tokenizer": tok, "preset": "tiny", "losses": {"refine_tokens": "some"}}, "cpu")
+    with pytest.raises(OptionError, match="refine_weighting"):
+        ITERTask({"tokenizer": tok, "preset": "tiny", "losses": {"refine_weighting": "sum"}}, "cpu")
     with pytest.raises(OptionError, match="at least one"):
         ITERTask({"tokenizer": tok, "preset": "tiny", "train": []}, "cpu")
     with pytest.raises(OptionError, match="x4"):
@@ -209,6 +249,8 @@ def test_configs_load_and_use_known_keys(size: str) -> None:
             "iter_refine": ["refine", "evaluator"],
         }[name]
         assert tc["train"] == parts
+        if "refine" in parts and size != "tiny":  # new runs weight Eq. 4 as the reference code
+            assert tc["losses"]["refine_weighting"] == "mask_ratio"
         assert ("init" in tc) == (name == "iter_refine") and ("tokenizer" in tc) != (name == "iter_refine")
         data = tc["data"]
         assert data["degradation"] == "realesrgan"

@@ -9,6 +9,8 @@ import torch
 
 from tokensr.methods.ugtsr.losses import (
     TokenizerFeatureLoss,
+    candidate_cross_entropy,
+    candidate_targets,
     codebook_loss,
     esu_loss,
     gram_matrix,
@@ -112,3 +114,31 @@ def test_tokenizer_feature_loss() -> None:
     assert x2.grad is not None and x2.grad.abs().sum() > 0
     with pytest.raises(ValueError):
         TokenizerFeatureLoss(tok, "l3")
+
+
+def test_candidate_cross_entropy_ignores_pixels_without_the_gt() -> None:
+    # 1 image, 3 pixels, k = 3: GT in slot 1, in slot 0, and not among the candidates
+    cands = torch.tensor([[[[5, 1, 2]], [[7, 3, 4]], [[9, 6, 8]]]])  # [B, k, h, w] = [1, 3, 1, 3]
+    gt = torch.tensor([[[7, 1, 0]]])
+    assert candidate_targets(cands, gt).tolist() == [[[1, 0, -1]]]
+    logits = torch.randn(1, 3, 1, 3, requires_grad=True)
+    loss, logs = candidate_cross_entropy(logits, cands, gt)
+    ce = -logits.log_softmax(1)
+    want = (ce[0, 1, 0, 0] + ce[0, 0, 0, 1]) / 2
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    assert logs["select_hit"] == pytest.approx(2 / 3)
+    # the ignored pixel neither counts nor gets a gradient
+    loss.backward()
+    assert logits.grad is not None and torch.equal(logits.grad[..., 2], torch.zeros(1, 3, 1))
+    other = logits.detach().clone()
+    other[..., 2] = 50.0
+    assert candidate_cross_entropy(other, cands, gt)[0].item() == pytest.approx(loss.item())
+    # the argmax accuracy over the pixels that have the GT
+    # per pixel (columns) the slot logits: pixel 0 -> slot 1, pixel 1 -> slot 0 (both right)
+    sure = torch.tensor([[[[0.0, 9.0, 0.0]], [[9.0, 0.0, 0.0]], [[0.0, 0.0, 9.0]]]])
+    assert candidate_cross_entropy(sure, cands, gt)[1]["select_acc"] == 1.0
+    sure[0, 2, 0, 1] = 20.0  # pixel 1 now picks slot 2 (wrong)
+    assert candidate_cross_entropy(sure, cands, gt)[1]["select_acc"] == 0.5
+    # no pixel with the GT among the candidates: zero, not NaN
+    none, logs = candidate_cross_entropy(logits, cands, torch.full_like(gt, 15))
+    assert none.item() == 0.0 and logs["select_hit"] == 0.0

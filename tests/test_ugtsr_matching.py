@@ -37,7 +37,17 @@ def test_counts_by_hand() -> None:
     assert acc.share(3) == pytest.approx(3 / 4)
     assert acc.share(5) == pytest.approx(4 / 4)
     assert acc.share(None) == pytest.approx(2 / 4)
-    assert acc.row() == {"top1": 0.25, "top3": 0.75, "top5": 1.0, "final": 0.5}
+    # final != top-1 at tokens 1, 2, 3; right only by the change at token 1; none lost
+    assert acc.row() == {
+        "top1": 0.25,
+        "top3": 0.75,
+        "top5": 1.0,
+        "final": 0.5,
+        "changed": 0.75,
+        "gained": 0.25,
+        "lost": 0.0,
+    }
+    assert acc.share(None) == acc.share(1) + acc.share_of(acc.gained) - acc.share_of(acc.lost)
     assert acc.tokens == 4 and acc.images == 1
     assert MatchingAccuracy().share(1) != MatchingAccuracy().share(1)  # NaN when empty
 
@@ -86,4 +96,29 @@ def test_markdown_table() -> None:
     text = markdown_table([("k3 on set14", acc)], (1, 3))
     lines = text.strip().splitlines()
     assert lines[0].startswith("| model |") and "top-3 (%)" in lines[0] and "final code (%)" in lines[0]
-    assert lines[2] == "| k3 on set14 | 1 | 2 | 50.00 | 100.00 | 50.00 |"
+    assert "final != top-1 (%)" in lines[0]
+    assert lines[2] == "| k3 on set14 | 1 | 2 | 50.00 | 100.00 | 50.00 | 0.00 |"
+
+
+def test_select_fusion_reports_the_chosen_code() -> None:
+    """A select fusion forced to its second candidate: every final code differs from the
+    nearest one, and ``final`` counts the second candidates that are right."""
+    torch.manual_seed(0)
+    tok = VQGAN(
+        VQGANConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attention=False, code_dim=8, codebook_size=16)
+    )
+    model = UGTSR.create(tok.eval(), scale=4, preset="tiny", top_k=3, fusion_mode="select")
+    g = torch.Generator().manual_seed(0)
+    hr = F.interpolate(torch.rand(1, 3, 6, 6, generator=g), size=(48, 40), mode="bicubic").clamp(0, 1)
+    lr = F.interpolate(hr, scale_factor=0.25, mode="area")
+    acc = measure(model, [(lr, hr)])
+    assert acc.share(None) == pytest.approx(acc.share(1)) and acc.changed == 0  # untrained: nearest
+    with torch.no_grad():
+        model.fusion.select.bias.copy_(torch.tensor([0.0, 10.0, 0.0]))  # type: ignore[union-attr]
+    acc = measure(model, [(lr, hr)])
+    with torch.no_grad():
+        gt = model.tokenizer.tokenize(hr)
+        second = model(lr).candidates[:, 1]
+    assert acc.changed == acc.tokens
+    assert acc.share(None) == pytest.approx((second == gt).float().mean().item())
+    assert acc.gained == int((second == gt).sum()) and acc.lost == round(acc.share(1) * acc.tokens)

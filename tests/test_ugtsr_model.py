@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 from tokensr.methods.ugtsr.align import AlignAttention
-from tokensr.methods.ugtsr.fusion import TopKFusion, gather_codes
+from tokensr.methods.ugtsr.fusion import SELECT_PRIOR, TopKFusion, TopKSelect, gather_codes
 from tokensr.methods.ugtsr.model import UGTSR, pad_lr
 from tokensr.nn.quantizer import knn_codes
 from tokensr.nn.vqgan import VQGAN
@@ -66,6 +67,24 @@ def test_topk_fusion_starts_as_nearest_and_learns() -> None:
     with_lq = TopKFusion(8, 3, 16, 2, 1, 2.0, with_lq=True)
     with pytest.raises(ValueError):
         with_lq(cands)
+
+
+def test_topk_select_starts_on_the_nearest_and_weights_the_candidates() -> None:
+    torch.manual_seed(0)
+    sel = TopKSelect(code_dim=8, k=3, dim=16, heads=2, blocks=1, expansion=2.0)
+    cands = torch.randn(2, 3, 8, 5, 6)
+    logits = sel(cands)
+    assert logits.shape == (2, 3, 5, 6)
+    assert torch.equal(logits, torch.tensor([SELECT_PRIOR, 0.0, 0.0]).view(1, 3, 1, 1).expand_as(logits))
+    fused, slot = sel.combine(cands, logits)
+    assert torch.equal(slot, torch.zeros(2, 5, 6, dtype=torch.long))  # the nearest candidate everywhere
+    w = logits.softmax(1)
+    assert torch.allclose(fused, (w[:, :, None] * cands).sum(1))
+    # the head learns from the trunk features (zero weights still get a gradient)
+    fused.sum().backward()
+    assert sel.select.weight.grad is not None and sel.select.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        sel(cands[:, :2])
 
 
 def _manual_attention(att: AlignAttention, q_feats: torch.Tensor, kv_feats: torch.Tensor) -> torch.Tensor:
@@ -149,6 +168,45 @@ def test_topk_changes_the_matching_once_trained(tok: VQGAN) -> None:
         model(lr, top_k=5)
 
 
+def test_untrained_select_fusion_is_nearest_matching(tok: VQGAN) -> None:
+    model = UGTSR.create(tok, scale=4, preset="tiny", top_k=3, fusion_mode="select")
+    assert isinstance(model.fusion, TopKSelect) and model.config.fusion_mode == "select"
+    lr = torch.rand(2, 3, 12, 10)
+    out, k1 = model(lr), model(lr, top_k=1)
+    assert torch.equal(out.indices, out.candidates[:, 0]) and torch.equal(out.indices, k1.indices)
+    assert out.select_logits is not None and out.select_logits.shape == (2, 3, 12, 10)
+    assert k1.select_logits is None and k1.z_fused is None
+    with torch.no_grad():
+        plain = tok.decode(tok.quantizer.lookup(out.indices))
+    assert torch.allclose(out.image * 2 - 1, plain, atol=1e-5)
+    assert torch.allclose(out.image, k1.image, atol=1e-5)
+
+
+def test_select_fusion_can_choose_another_code(tok: VQGAN) -> None:
+    model = UGTSR.create(tok, scale=4, preset="tiny", top_k=3, fusion_mode="select")
+    assert model.fusion is not None
+    lr = torch.rand(1, 3, 12, 12)
+    nearest = model(lr)
+    with torch.no_grad():
+        model.fusion.select.bias.copy_(torch.tensor([0.0, 10.0, 0.0]))  # toward candidate 2 of 3
+    out = model(lr)
+    assert torch.equal(out.indices, out.candidates[:, 1])
+    assert (out.indices != out.candidates[:, 0]).all()
+    assert not torch.allclose(out.image, nearest.image)
+    # the decoder sees the chosen code; z' (the softmax mix) only carries the gradient
+    with torch.no_grad():
+        plain = tok.decode(tok.quantizer.lookup(out.indices))
+    assert torch.allclose(out.image * 2 - 1, plain, atol=1e-5)
+    # per pixel: the candidate of the largest logit
+    with torch.no_grad():
+        model.fusion.select.weight.normal_(std=3.0)
+    out = model(lr)
+    assert out.select_logits is not None
+    want = out.candidates.gather(1, out.select_logits.argmax(1, keepdim=True))[:, 0]
+    assert torch.equal(out.indices, want)
+    assert (out.indices != out.candidates[:, 0]).any()
+
+
 @pytest.mark.parametrize(
     "ch_mult,scale,lr_hw,token_hw",
     [
@@ -186,6 +244,8 @@ def test_config_validation(tok: VQGAN) -> None:
         UGTSR.create(tok, preset="huge")
     with pytest.raises(ValueError):
         UGTSR.create(tok, preset="tiny", top_kk=3)
+    with pytest.raises(ValueError, match="fusion_mode"):
+        UGTSR.create(tok, preset="tiny", fusion_mode="vote")
     model = UGTSR.create(tok, scale=2, preset="tiny")
     with pytest.raises(ValueError):
         model(torch.rand(1, 3, 5, 6))  # odd LR side at x2 needs padding first
@@ -214,6 +274,34 @@ def test_save_load_roundtrip_and_stage_upgrade(tok: VQGAN, tmp_path: Path) -> No
         UGTSR.from_stage(tmp_path / "s1", enc_ch=4)  # an encoder of another size does not fit
     with pytest.raises(ValueError):
         UGTSR.from_stage(tmp_path / "s1", scale=2)
+
+
+def test_select_fusion_save_load_roundtrip(tok: VQGAN, tmp_path: Path) -> None:
+    model = UGTSR.create(tok, scale=4, preset="tiny", top_k=3, fusion_mode="select")
+    assert model.fusion is not None
+    with torch.no_grad():
+        model.fusion.select.weight.normal_(std=3.0)
+    lr = torch.rand(1, 3, 8, 8)
+    want = model(lr)
+    model.save_pretrained(tmp_path / "sel")
+    assert json.loads((tmp_path / "sel" / "config.json").read_text())["fusion_mode"] == "select"
+    loaded = UGTSR.from_pretrained(tmp_path / "sel")
+    assert loaded.config.fusion_mode == "select" and isinstance(loaded.fusion, TopKSelect)
+    got = loaded(lr)
+    assert torch.equal(got.indices, want.indices) and torch.equal(got.image, want.image)
+    assert (got.indices != got.candidates[:, 0]).any()
+    # a residual stage-II model continued as select: the trunk carries over, the head starts fresh
+    residual = UGTSR.create(tok, scale=4, preset="tiny", top_k=3)
+    residual.save_pretrained(tmp_path / "res")
+    up = UGTSR.from_stage(tmp_path / "res", fusion_mode="select")
+    assert isinstance(up.fusion, TopKSelect) and residual.fusion is not None
+    assert torch.equal(up.fusion.inp.weight, residual.fusion.inp.weight)
+    # a saved config without the field (every folder written before it) is a residual fusion
+    data = json.loads((tmp_path / "res" / "config.json").read_text())
+    del data["fusion_mode"]
+    (tmp_path / "res" / "config.json").write_text(json.dumps(data))
+    old = UGTSR.from_pretrained(tmp_path / "res")
+    assert old.config.fusion_mode == "residual" and isinstance(old.fusion, TopKFusion)
 
 
 def test_gt_indices_are_the_tokenizer_codes(tok: VQGAN) -> None:

@@ -14,8 +14,10 @@ from PIL import Image
 from tiny_models import tiny_tokenizer
 
 from tokensr.errors import OptionError
+from tokensr.methods.ugtsr.fusion import TopKSelect
+from tokensr.methods.ugtsr.losses import candidate_targets
 from tokensr.methods.ugtsr.model import UGTSR
-from tokensr.methods.ugtsr.train import ESUTask, UDLTask
+from tokensr.methods.ugtsr.train import ESUTask, UDLTask, codebook_targets
 
 TINY_D = {"type": "patch", "ndf": 8, "n_layers": 2}
 
@@ -143,6 +145,79 @@ def test_udl_switches(stage1: Path) -> None:
         UDLTask({**base, "tokenizer": tiny_tokenizer()}, "cpu")
     fresh = UDLTask({**base, "tokenizer": tiny_tokenizer(), "uncertainty": False}, "cpu")
     assert fresh.model.uncertainty is None and fresh.model.config.top_k == 3
+
+
+def test_codebook_loss_on_the_fused_feature_is_optional(stage1: Path) -> None:
+    """Eq. 13 puts the codebook loss on z^l only; the z' term is ``codebook_on: [.., fused]``,
+    by default on for a residual fusion (as before the option) and off for a select fusion."""
+    assert codebook_targets(None, "residual") == {"lq", "fused"} == codebook_targets("auto", "residual")
+    assert codebook_targets(None, "select") == {"lq"}
+    assert codebook_targets(["lq", "fused"], "select") == {"lq", "fused"}
+    base = {"init": str(stage1), "preset": "tiny", "uncertainty": False}
+    batch = tiny_batch()
+    torch.manual_seed(0)
+    residual = UDLTask({**base, "losses": {"perceptual_loss": "none", "gan": 0}}, "cpu")
+    _, logs = residual.losses(batch, 0)
+    assert {"cb_l2", "fused_cb_l2"} <= set(logs)
+    torch.manual_seed(0)
+    lq_only = UDLTask({**base, "losses": {"perceptual_loss": "none", "gan": 0, "codebook_on": "lq"}}, "cpu")
+    losses, logs = lq_only.losses(batch, 0)
+    assert "cb_l2" in logs and "fused_cb_l2" not in logs
+    # without the z' term (and with z^l's term on the encoder only) the residual correction is
+    # reached by the straight-through gradient of the image losses alone
+    torch.manual_seed(0)
+    only_cb = UDLTask({**base, "losses": {"perceptual_loss": "none", "gan": 0, "l1": 0, "codebook_on": "lq"}}, "cpu")
+    g, _ = only_cb.losses(batch, 0)
+    g["g"].backward()
+    fusion = only_cb.model.fusion
+    assert fusion is not None and all(p.grad is None or not p.grad.any() for p in fusion.parameters())
+    torch.manual_seed(0)
+    select = UDLTask(
+        {**base, "model": {"fusion_mode": "select"}, "losses": {"perceptual_loss": "none", "gan": 0}}, "cpu"
+    )
+    _, logs = select.losses(batch, 0)
+    assert "fused_cb_l2" not in logs and {"select_ce", "select_hit", "select_acc"} <= set(logs)
+    with pytest.raises(OptionError, match="codebook_on"):
+        UDLTask({**base, "losses": {"codebook_on": ["lq", "z"]}}, "cpu")
+
+
+def test_select_fusion_learns_the_candidate_of_the_hr_code(stage1: Path) -> None:
+    """The candidate cross-entropy alone (image and codebook losses off) trains the selection
+    head: it falls over 20 steps, and it ignores pixels whose HR code is not among the k."""
+    torch.manual_seed(0)
+    task = UDLTask(
+        {
+            "init": str(stage1),
+            "preset": "tiny",
+            "uncertainty": False,
+            "model": {"fusion_mode": "select"},
+            "losses": {"perceptual_loss": "none", "gan": 0, "l1": 0, "codebook": 0},
+        },
+        "cpu",
+    )
+    assert isinstance(task.model.fusion, TopKSelect)
+    batch = tiny_batch(n=2, size=64)
+    _, logs = task.losses(batch, 0)
+    assert 0 < logs["select_hit"] < 1  # some pixels have the HR code among the 3, some do not
+    # the untrained head picks the nearest: its accuracy over the hits is top-1 / top-3
+    with torch.no_grad():
+        out = task.model(batch["lr"])
+        target = candidate_targets(out.candidates, task.model.gt_indices(batch["hr"]))
+    assert logs["select_acc"] == pytest.approx((target == 0).sum().item() / (target >= 0).sum().item())
+    first, last = fit_select(task, batch, 20)
+    assert last < 0.85 * first
+
+
+def fit_select(task: UDLTask, batch: dict[str, torch.Tensor], steps: int) -> tuple[float, float]:
+    opt = torch.optim.Adam(list(task.param_groups()["g"]), lr=3e-3)
+    values = []
+    for step in range(steps + 1):
+        losses, logs = task.losses(batch, step)
+        values.append(logs["select_ce"])
+        opt.zero_grad()
+        losses["g"].backward()
+        opt.step()
+    return values[0], values[-1]
 
 
 def test_config_errors(stage1: Path) -> None:

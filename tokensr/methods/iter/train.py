@@ -9,7 +9,9 @@ frozen), so the same code runs the paper's joint training and a staged schedule:
 - ``train: [refine, evaluator]`` (:class:`RefineEvalTask`): with ``E_l`` frozen, Algorithm 1:
   ``r ~ U(0, 1]``, ``ceil(gamma(r) N)`` random tokens of ``S_h`` masked (cosine schedule),
   ``phi_r(S_t, S_l, m_t)`` predicts ``S_h`` (cross-entropy, Eq. 4: on every token by default,
-  ``refine_tokens: masked`` for the masked ones only), and ``phi_e`` learns which tokens are
+  ``refine_tokens: masked`` for the masked ones only; each sample's cross-entropy weighted by
+  its mask ratio by default, as the reference code, see :func:`refine_cross_entropy`), and
+  ``phi_e`` learns which tokens are
   good (Eq. 5) for ``S_l`` (label ``S_l == S_h``, class-balanced cross-entropy, beta 0.9999)
   and for the refined prediction ``argmax phi_r`` (label ``pred == S_h``; plain
   cross-entropy as the reference code, ``eval_balance: both`` balances it too).
@@ -28,7 +30,9 @@ Task config keys (``task_config``):
   defaults stored with the model.
 - ``train``: see above.
 - ``losses``: ``dist`` (1), ``pixel`` (0: off), ``refine`` (1), ``eval`` (1), ``gumbel_tau``
-  (1), ``refine_tokens`` (``all`` | ``masked``), ``eval_balance`` (``lq`` | ``both`` |
+  (1), ``refine_tokens`` (``all`` | ``masked``), ``refine_weighting`` (``mask_ratio``: each
+  sample's Eq.-4 cross-entropy times its mask ratio, as the reference code; ``mean``: a plain
+  mean, what tokensr did before the option existed), ``eval_balance`` (``lq`` | ``both`` |
   ``none``), ``beta`` (0.9999), ``mask_schedule`` (``cosine`` | ``linear``).
 - ``data``: keyword arguments of :class:`tokensr.data.datasets.HRCropDataset` (``root``,
   ``crop_size`` (preset: 128 small, 256 paper), ``degradation`` (``realesrgan``), ``seed``,
@@ -71,6 +75,7 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "eval": 1.0,
     "gumbel_tau": 1.0,
     "refine_tokens": "all",
+    "refine_weighting": "mask_ratio",
     "eval_balance": "lq",
     "beta": 0.9999,
     "mask_schedule": "cosine",
@@ -88,6 +93,33 @@ def _token_mean(
     if select is not None:
         tw = tw * select.float()
     return (per_token * tw).sum() / tw.sum().clamp_min(1e-8)
+
+
+REFINE_WEIGHTINGS = ("mask_ratio", "mean")
+
+
+def refine_cross_entropy(
+    ce: torch.Tensor,
+    keep: torch.Tensor,
+    weighting: str,
+    sample_weight: torch.Tensor | None = None,
+    select: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Eq. 4 from the per-token cross-entropy ``ce [B, h, w]`` and the kept-token mask ``keep``
+    (True = a ground-truth token of ``S_t``, False = ``[MASK]``).
+
+    ``mean``: the (sample-weighted) mean over the tokens (``select``-ed ones only when given).
+    ``mask_ratio``: every sample's tokens are first multiplied by that sample's mask ratio
+    ``r_b`` (share of masked tokens), as the reference code weights them:
+    ``sum_b r_b sum_n ce_bn / (B N)`` without sample weights and with all tokens. Samples with
+    few masked tokens, whose targets are mostly copies of their input, count little.
+    """
+    if weighting == "mask_ratio":
+        ratio = (~keep).flatten(1).float().mean(1)
+        ce = ce * ratio.view(-1, *([1] * (ce.dim() - 1)))
+    elif weighting != "mean":
+        raise ValueError(f"refine weighting must be one of {REFINE_WEIGHTINGS}, got '{weighting}'")
+    return _token_mean(ce, sample_weight, select)
 
 
 class ITERTask(TaskBase):
@@ -123,6 +155,7 @@ class ITERTask(TaskBase):
         self.loss_weights = self.read_losses(LOSS_DEFAULTS)
         for k, choices in (
             ("refine_tokens", ("all", "masked")),
+            ("refine_weighting", REFINE_WEIGHTINGS),
             ("eval_balance", ("lq", "both", "none")),
             ("mask_schedule", SCHEDULES),
         ):
@@ -260,7 +293,7 @@ class ITERTask(TaskBase):
             if train_refine:
                 ce = F.cross_entropy(r_logits.float(), target, reduction="none")
                 sel = ~keep if lw["refine_tokens"] == "masked" else None
-                l_ref = _token_mean(ce, sample_weight, sel)
+                l_ref = refine_cross_entropy(ce, keep, lw["refine_weighting"], sample_weight, sel)
                 total = total + lw["refine"] * l_ref
                 logs["refine_ce"] = l_ref.item()
             pred = r_logits.detach().argmax(1)
@@ -339,4 +372,4 @@ class RefineEvalTask(ITERTask):
     default_train = ("refine", "evaluator")
 
 
-__all__ = ["ITERTask", "LQEncoderTask", "RefineEvalTask"]
+__all__ = ["REFINE_WEIGHTINGS", "ITERTask", "LQEncoderTask", "RefineEvalTask", "refine_cross_entropy"]

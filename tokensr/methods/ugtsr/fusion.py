@@ -1,5 +1,14 @@
-"""UGTSR's Top-k fusion (eq. 7): the k codes nearest to each LQ feature, fused into one refined
-feature by Restormer blocks (transposed channel attention and a gated depthwise feed-forward).
+"""UGTSR's Top-k fusion (eq. 7): the k codes nearest to each LQ feature, fused by Restormer
+blocks (transposed channel attention and a gated depthwise feed-forward). Two heads on the
+same trunk (``fusion_mode`` of the model config):
+
+- :class:`TopKFusion` (``residual``): nearest candidate + a zero-initialised correction,
+  re-quantised to the nearest code (the original form; it can pick another code only if the
+  correction moves the feature past a Voronoi border).
+- :class:`TopKSelect` (``select``): ``k`` logits per pixel over the candidates; the fused
+  feature is their softmax-weighted sum and the final code the candidate of largest weight,
+  so the network chooses among the k codes directly.
+
 The nearest-codes search itself is :func:`tokensr.nn.quantizer.knn_codes`.
 """
 
@@ -81,14 +90,9 @@ class RestormerBlock(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
-class TopKFusion(nn.Module):
-    """Fuse the k nearest codes of every LQ feature into one refined feature (eq. 7).
-
-    The k candidate vectors (nearest first) are stacked on the channel axis (optionally with
-    the LQ feature itself), projected to ``dim``, passed through Restormer blocks and
-    projected back to ``code_dim``. The result is the nearest candidate plus a learned,
-    zero-initialised correction, so an untrained fusion reproduces nearest-neighbour matching.
-    """
+class _FusionTrunk(nn.Module):
+    """The k candidate vectors (nearest first) stacked on the channel axis (optionally with the
+    LQ feature itself), projected to ``dim`` and passed through Restormer blocks."""
 
     def __init__(
         self, code_dim: int, k: int, dim: int, heads: int, blocks: int, expansion: float, with_lq: bool = False
@@ -98,10 +102,9 @@ class TopKFusion(nn.Module):
         self.with_lq = with_lq
         self.inp = nn.Conv2d(code_dim * (k + int(with_lq)), dim, 1)
         self.blocks = nn.Sequential(*(RestormerBlock(dim, heads, expansion) for _ in range(blocks)))
-        self.out = zero_module(nn.Conv2d(dim, code_dim, 1))
 
-    def forward(self, candidates: torch.Tensor, z_lq: torch.Tensor | None = None) -> torch.Tensor:
-        """``candidates [B, k, C, H, W]`` (nearest first) -> fused ``[B, C, H, W]``."""
+    def features(self, candidates: torch.Tensor, z_lq: torch.Tensor | None) -> torch.Tensor:
+        """``candidates [B, k, C, H, W]`` -> trunk features ``[B, dim, H, W]``."""
         if candidates.shape[1] != self.k:
             raise ValueError(f"the fusion was built for k = {self.k}, got {candidates.shape[1]} candidates")
         x = candidates.flatten(1, 2)
@@ -109,7 +112,79 @@ class TopKFusion(nn.Module):
             if z_lq is None:
                 raise ValueError("this fusion also needs the LQ feature")
             x = torch.cat([x, z_lq], dim=1)
-        return candidates[:, 0] + self.out(self.blocks(self.inp(x)))
+        return self.blocks(self.inp(x))  # type: ignore[no-any-return]
 
 
-__all__ = ["ChannelNorm", "GatedDconvFFN", "RestormerBlock", "TopKFusion", "TransposedAttention", "gather_codes"]
+class TopKFusion(_FusionTrunk):
+    """Fuse the k nearest codes of every LQ feature into one refined feature (eq. 7).
+
+    The trunk's features are projected back to ``code_dim``; the result is the nearest
+    candidate plus this learned, zero-initialised correction, so an untrained fusion
+    reproduces nearest-neighbour matching (``fusion_mode: residual``).
+    """
+
+    def __init__(
+        self, code_dim: int, k: int, dim: int, heads: int, blocks: int, expansion: float, with_lq: bool = False
+    ) -> None:
+        super().__init__(code_dim, k, dim, heads, blocks, expansion, with_lq)
+        self.out = zero_module(nn.Conv2d(dim, code_dim, 1))
+
+    def forward(self, candidates: torch.Tensor, z_lq: torch.Tensor | None = None) -> torch.Tensor:
+        """``candidates [B, k, C, H, W]`` (nearest first) -> fused ``[B, C, H, W]``."""
+        return candidates[:, 0] + self.out(self.features(candidates, z_lq))
+
+
+SELECT_PRIOR = 2.0  # initial logit of the nearest candidate (softmax weight 0.79 at k = 3)
+
+
+class TopKSelect(_FusionTrunk):
+    """Choose one of the k nearest codes per pixel (``fusion_mode: select``).
+
+    A 1x1 head on the trunk's features gives ``k`` selection logits. Its weights start at
+    zero and its bias at ``(prior, 0, ..., 0)``, so an untrained head picks the nearest
+    candidate everywhere: nearest-neighbour matching. :meth:`combine` turns logits into the
+    fused feature (softmax-weighted sum of the candidates, which carries the straight-through
+    gradient) and the chosen slot (argmax).
+    """
+
+    def __init__(
+        self,
+        code_dim: int,
+        k: int,
+        dim: int,
+        heads: int,
+        blocks: int,
+        expansion: float,
+        with_lq: bool = False,
+        prior: float = SELECT_PRIOR,
+    ) -> None:
+        super().__init__(code_dim, k, dim, heads, blocks, expansion, with_lq)
+        self.select = nn.Conv2d(dim, k, 1)
+        nn.init.zeros_(self.select.weight)
+        bias = torch.zeros(k)
+        bias[0] = prior
+        self.select.bias = nn.Parameter(bias)
+
+    def forward(self, candidates: torch.Tensor, z_lq: torch.Tensor | None = None) -> torch.Tensor:
+        """``candidates [B, k, C, H, W]`` (nearest first) -> selection logits ``[B, k, H, W]``."""
+        return self.select(self.features(candidates, z_lq))  # type: ignore[no-any-return]
+
+    @staticmethod
+    def combine(candidates: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fused [B, C, H, W], slot [B, H, W])``: the softmax-weighted sum of the candidate
+        vectors ``[B, k, C, H, W]`` and the index (0..k-1) of the largest weight."""
+        weights = logits.float().softmax(dim=1).to(candidates.dtype)
+        fused = (weights.unsqueeze(2) * candidates).sum(dim=1)
+        return fused, logits.argmax(dim=1)
+
+
+__all__ = [
+    "SELECT_PRIOR",
+    "ChannelNorm",
+    "GatedDconvFFN",
+    "RestormerBlock",
+    "TopKFusion",
+    "TopKSelect",
+    "TransposedAttention",
+    "gather_codes",
+]

@@ -16,6 +16,9 @@
 - :func:`codebook_loss` (eq. 13): ``beta * ||z - z_gt||^2 + alpha * ||G(z) - G(z_gt)||^2``
   with ``G`` the Gram matrix of the feature map (:func:`gram_matrix`), pulling the LQ
   features towards the ground-truth codes and matching their second-order statistics.
+- :func:`candidate_cross_entropy` (not in the paper; ``fusion_mode: select``): cross-entropy
+  of the fusion's k selection logits against the slot of the ground-truth code among the k
+  candidates, on the pixels where it is among them (the others are ignored).
 
 Per-pixel error: ``|x_i - f(y_i)|_1`` is taken elementwise when ``s`` has one channel per
 image channel, else averaged over the image channels (a 1-channel ``s``). Because UDL
@@ -28,6 +31,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 import torch
+import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from tokensr.nn.vqgan import VQGAN, Encoder
@@ -96,6 +100,35 @@ def codebook_loss(
     return total, logs
 
 
+def candidate_targets(candidates: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Slot (0..k-1) of the ground-truth code ``gt [B, h, w]`` among ``candidates [B, k, h, w]``,
+    or -1 where it is not among them."""
+    hit = candidates == gt[:, None]
+    return torch.where(hit.any(dim=1), hit.float().argmax(dim=1), torch.full_like(gt, -1))
+
+
+def candidate_cross_entropy(
+    logits: torch.Tensor, candidates: torch.Tensor, gt: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of the selection ``logits [B, k, h, w]`` against the slot of the
+    ground-truth code ``gt [B, h, w]`` among ``candidates [B, k, h, w]``, averaged over the
+    pixels where it is among them (zero when it is nowhere). Logs ``select_ce``,
+    ``select_hit`` (share of pixels with the GT among the k) and ``select_acc`` (share of
+    those where the largest logit is the GT's slot)."""
+    target = candidate_targets(candidates, gt)
+    valid = target >= 0
+    ce = F.cross_entropy(logits.float(), target.clamp_min(0), reduction="none")
+    count = int(valid.sum())
+    loss = (ce * valid).sum() / max(count, 1)
+    right = (logits.detach().argmax(dim=1) == target) & valid
+    logs = {
+        "select_ce": float(loss.detach()),
+        "select_hit": count / max(gt.numel(), 1),
+        "select_acc": int(right.sum()) / max(count, 1),
+    }
+    return loss, logs
+
+
 # --- substitute perceptual loss ----------------------------------------------------------------
 class TokenizerFeatureLoss(torch.nn.Module):
     """Perceptual-loss substitute when no VGG19 weights are available: the distance between
@@ -142,6 +175,8 @@ class TokenizerFeatureLoss(torch.nn.Module):
 __all__ = [
     "REDUCE_MIN",
     "TokenizerFeatureLoss",
+    "candidate_cross_entropy",
+    "candidate_targets",
     "codebook_loss",
     "esu_loss",
     "gram_loss",

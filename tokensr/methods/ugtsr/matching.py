@@ -8,7 +8,12 @@ features ``z^l`` sit on the same token grid. Reported, as shares of all tokens:
   (``top1`` is plain nearest-neighbour matching accuracy, FeMaSR's; the paper quotes about
   21 % / 42 % / 54 % for FeMaSR at k = 1 / 3 / 5);
 - ``final``: the code the model actually decodes equals the ground truth (after its Top-k
-  fusion and re-quantisation when it was trained with k > 1; equal to ``top1`` for k = 1).
+  fusion: re-quantisation of the fused feature for ``fusion_mode: residual``, the chosen
+  candidate for ``select``; equal to ``top1`` for k = 1);
+- ``changed``: the final code differs from the nearest code (``top1``'s code): how often the
+  fusion chooses another code at all; ``gained`` / ``lost``: it differs and the final code is
+  right where the nearest was wrong / wrong where the nearest was right, so
+  ``final = top1 + gained - lost``.
 
 Images are cropped at the bottom/right to sizes the model accepts (LR sides a multiple of
 the encoder's downsampling; HR = LR x scale), optionally centre-cropped to ``max_lr`` pixels.
@@ -35,6 +40,9 @@ class MatchingAccuracy:
     tokens: int = 0
     hits: dict[int, int] = field(default_factory=dict)
     final_hits: int = 0
+    changed: int = 0
+    gained: int = 0
+    lost: int = 0
     images: int = 0
 
     def add(self, gt: torch.Tensor, candidates: torch.Tensor, final: torch.Tensor) -> None:
@@ -42,7 +50,12 @@ class MatchingAccuracy:
         for k in self.ks:
             hit = (candidates[:, :k] == gt[:, None]).any(dim=1)
             self.hits[k] = self.hits.get(k, 0) + int(hit.sum())
-        self.final_hits += int((final == gt).sum())
+        final_right, top1 = final == gt, candidates[:, 0]
+        top1_right = top1 == gt
+        self.final_hits += int(final_right.sum())
+        self.changed += int((final != top1).sum())
+        self.gained += int((final_right & ~top1_right).sum())
+        self.lost += int((~final_right & top1_right).sum())
         self.tokens += gt.numel()
         self.images += gt.shape[0]
 
@@ -52,9 +65,16 @@ class MatchingAccuracy:
             return float("nan")
         return (self.final_hits if k is None else self.hits.get(k, 0)) / self.tokens
 
+    def share_of(self, count: int) -> float:
+        """``count`` as a share of the tokens (NaN when none were added)."""
+        return count / self.tokens if self.tokens else float("nan")
+
     def row(self) -> dict[str, float]:
         out = {f"top{k}": self.share(k) for k in self.ks}
         out["final"] = self.share(None)
+        out.update(
+            changed=self.share_of(self.changed), gained=self.share_of(self.gained), lost=self.share_of(self.lost)
+        )
         return out
 
 
@@ -91,7 +111,7 @@ def add_pair(
     """Measure one batch of pairs (in [0, 1]) and add it to ``acc``."""
     lr, hr = crop_pair(lr.to(model.device, torch.float32), hr.to(model.device, torch.float32), model, max_lr)
     gt = model.gt_indices(hr)
-    _, z = model.encoder(lr * 2 - 1)
+    _, z = model.encoder(lr if model.pixels01 else lr * 2 - 1)
     if gt.shape[-2:] != z.shape[-2:]:
         raise ValueError(f"HR token grid {tuple(gt.shape[-2:])} differs from the LQ feature grid {tuple(z.shape[-2:])}")
     kmax = min(max(acc.ks), model.codebook.shape[0])
@@ -124,11 +144,12 @@ def measure(
 
 def markdown_table(rows: Sequence[tuple[str, MatchingAccuracy]], ks: Sequence[int] = DEFAULT_KS) -> str:
     """A Markdown table, one row per ``(label, accuracy)``, shares in percent."""
-    head = ["model", "images", "tokens"] + [f"top-{k} (%)" for k in ks] + ["final code (%)"]
+    head = ["model", "images", "tokens"] + [f"top-{k} (%)" for k in ks] + ["final code (%)", "final != top-1 (%)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, acc in rows:
         cells = [label, str(acc.images), str(acc.tokens)]
         cells += [f"{100 * acc.share(k):.2f}" for k in ks] + [f"{100 * acc.share(None):.2f}"]
+        cells.append(f"{100 * acc.share_of(acc.changed):.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

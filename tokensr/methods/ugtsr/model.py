@@ -8,6 +8,8 @@ Data flow for an LR batch ``y`` in [0, 1] (``s`` = SR scale, ``f`` = tokenizer f
                                                     z    [B, code_dim, sH/f, sW/f]   (z^l)
     z -> k nearest codes Z_k1..Z_kk --TopKFusion--> z'   (k > 1; z' = z when k = 1)
     z' -> nearest code Z_p (straight-through) -----> z_q
+          (fusion_mode "select": TopKSelect gives k logits; z' = their softmax-weighted sum
+          of the candidates, Z_p = the candidate of largest weight)
     z_q -> frozen post_quant_conv, conv_in, mid ---> h0
     h0 += AlignAttention(Q = feat, K = V = Z_p)       (align_attention; K/V are codebook vectors)
     for each decoder stage i: h += LQ features at that resolution (fusion_stages; FeMaSR's
@@ -52,7 +54,7 @@ from torch import nn
 
 from tokensr.methods.ugtsr.align import AlignAttention
 from tokensr.methods.ugtsr.encoder import FeMaSRLQEncoder, FeMaSRPyramid, LQEncoder, LQPyramid
-from tokensr.methods.ugtsr.fusion import TopKFusion, gather_codes
+from tokensr.methods.ugtsr.fusion import TopKFusion, TopKSelect, gather_codes
 from tokensr.methods.ugtsr.prior import FeMaSRPrior, PriorConfig, PriorDecoder
 from tokensr.nn.blocks import ResnetBlock, group_norm, zero_module
 from tokensr.nn.quantizer import knn_codes
@@ -61,6 +63,7 @@ from tokensr.pretrained import WEIGHTS_NAME, PretrainedMixin, check_fields, conf
 
 TOP_KS = (1, 3, 5)  # the paper's choices; any k >= 1 works
 LAYOUTS = ("tokensr", "femasr")  # taming VQGAN + tokensr LQ encoder | FeMaSR prior + FeMaSR LQ network
+FUSION_MODES = ("residual", "select")  # nearest + correction, re-quantised | choose one of the k candidates
 
 
 @dataclass
@@ -92,6 +95,9 @@ class UGTSRConfig:
     fusion_blocks: int = 1
     fusion_ffn: float = 2.0  # GDFN expansion
     fusion_with_lq: bool = False  # also feed z^l to the fusion (the paper fuses the k codes only)
+    # "residual": z' = nearest code + learned correction, then its nearest code (saved configs
+    # without the field are this); "select": k logits per pixel choose one of the candidates
+    fusion_mode: str = "residual"
     # Align-Attention
     align_attention: bool = True
     align_stages: tuple[int, ...] = (0,)  # 0 = token level (K/V = codes); i >= 1 replaces the additive fusion
@@ -197,6 +203,7 @@ class UGTSROutput:
     indices: torch.Tensor  # [B, h, w] the matched codes the decoder used
     candidates: torch.Tensor  # [B, k, h, w] the k nearest codes of z^l, nearest first
     uncertainty: torch.Tensor | None  # [B, 1 | 3, H, W] log-uncertainty s (when asked for)
+    select_logits: torch.Tensor | None = None  # [B, k, h, w] (fusion_mode "select", k > 1)
 
 
 class UGTSR(nn.Module, PretrainedMixin):
@@ -218,6 +225,8 @@ class UGTSR(nn.Module, PretrainedMixin):
             raise ValueError(f"scale must be >= 1, got {c.scale}")
         if not 1 <= c.top_k <= K:
             raise ValueError(f"top_k = {c.top_k} must be between 1 and the codebook size {K}")
+        if c.fusion_mode not in FUSION_MODES:
+            raise ValueError(f"unknown fusion_mode '{c.fusion_mode}' (choose from {', '.join(FUSION_MODES)})")
         if c.uncertainty_channels not in (1, 3):
             raise ValueError(f"uncertainty_channels must be 1 or 3, got {c.uncertainty_channels}")
         dec = self.tokenizer.decoder
@@ -260,8 +269,9 @@ class UGTSR(nn.Module, PretrainedMixin):
                 if i not in self.align_stages
             }
         )
-        self.fusion = (
-            TopKFusion(C, c.top_k, c.fusion_dim, c.fusion_heads, c.fusion_blocks, c.fusion_ffn, c.fusion_with_lq)
+        fusion_cls = TopKSelect if c.fusion_mode == "select" else TopKFusion
+        self.fusion: TopKFusion | TopKSelect | None = (
+            fusion_cls(C, c.top_k, c.fusion_dim, c.fusion_heads, c.fusion_blocks, c.fusion_ffn, c.fusion_with_lq)
             if c.top_k > 1
             else None
         )
@@ -410,18 +420,33 @@ class UGTSR(nn.Module, PretrainedMixin):
         Returns ``(z_q, z_fused, indices, candidates)``: ``z_q`` is the matched code with a
         straight-through gradient to ``z_fused`` (k > 1) or ``z`` (k = 1).
         """
+        return self.match_with_logits(z, top_k)[:4]
+
+    def match_with_logits(
+        self, z: torch.Tensor, top_k: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`match` plus the selection logits ``[B, k, h, w]`` of a ``select`` fusion
+        (``None`` for ``residual`` or k = 1). With ``select`` the final code is the candidate
+        of largest logit and ``z_fused`` the softmax-weighted sum of the candidate vectors."""
         k = self.resolve_top_k(top_k)
         codebook = self.codebook
         candidates = knn_codes(z, codebook, k)
+        logits: torch.Tensor | None = None
         if k > 1:
-            assert self.fusion is not None
-            target: torch.Tensor = self.fusion(gather_codes(codebook, candidates).to(z.dtype), z)
+            codes = gather_codes(codebook, candidates).to(z.dtype)
+            if isinstance(self.fusion, TopKSelect):
+                logits = self.fusion(codes, z)
+                target, slot = self.fusion.combine(codes, logits)
+                indices = candidates.gather(1, slot[:, None])[:, 0]
+            else:
+                assert self.fusion is not None
+                target = self.fusion(codes, z)
+                indices = knn_codes(target, codebook, 1)[:, 0]
             fused: torch.Tensor | None = target
-            indices = knn_codes(target, codebook, 1)[:, 0]
         else:
             fused, target, indices = None, z, candidates[:, 0]
         hard = self.tokenizer.quantizer.lookup(indices).to(z.dtype)
-        return target + (hard - target).detach(), fused, indices, candidates
+        return target + (hard - target).detach(), fused, indices, candidates, logits
 
     def decode(self, z_q: torch.Tensor, indices: torch.Tensor, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Walk the frozen decoder with LQ fusion; returns (image in [-1, 1], or [0, 1] in the
@@ -448,7 +473,7 @@ class UGTSR(nn.Module, PretrainedMixin):
         if lr01.shape[-2] % m or lr01.shape[-1] % m:
             raise ValueError(f"LR size {tuple(lr01.shape[-2:])} is not a multiple of {m} (pad it first)")
         feat, z = self.encoder(lr01 if self.pixels01 else lr01 * 2 - 1)
-        z_q, fused, indices, candidates = self.match(z, top_k)
+        z_q, fused, indices, candidates, logits = self.match_with_logits(z, top_k)
         out, h = self.decode(z_q, indices, feat)
         image = out if self.pixels01 else (out + 1) / 2
         s = None
@@ -456,7 +481,7 @@ class UGTSR(nn.Module, PretrainedMixin):
             if self.uncertainty is None:
                 raise ValueError("this UGTSR model has no uncertainty head")
             s = self.uncertainty(h)
-        return UGTSROutput(image, z, fused, indices, candidates, s)
+        return UGTSROutput(image, z, fused, indices, candidates, s, logits)
 
     @torch.no_grad()
     def upscale(self, lr01: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
@@ -483,4 +508,14 @@ def pad_lr(lr: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(lr, (0, pw, 0, ph), mode=mode)
 
 
-__all__ = ["LAYOUTS", "PRESETS", "TOP_KS", "UGTSR", "UGTSRConfig", "UGTSROutput", "UncertaintyHead", "pad_lr"]
+__all__ = [
+    "FUSION_MODES",
+    "LAYOUTS",
+    "PRESETS",
+    "TOP_KS",
+    "UGTSR",
+    "UGTSRConfig",
+    "UGTSROutput",
+    "UncertaintyHead",
+    "pad_lr",
+]

@@ -11,8 +11,10 @@
 
 Both export a complete UGTSR folder (``save_pretrained``) that ``tokensr upscale --method ugtsr
 --weights FOLDER`` runs. ``uncertainty: false`` drops the ESU / UDL term (the ablation's
-"plain L1" variant); ``model: {top_k: 1 | 3 | 5, align_attention: ...}`` sets the other
-switches.
+"plain L1" variant); ``model: {top_k: 1 | 3 | 5, align_attention: ..., fusion_mode: residual |
+select}`` sets the other switches. With ``fusion_mode: select`` stage II adds the candidate
+cross-entropy (``losses.select``): the fusion's k logits against the slot of the HR image's own
+code among the k nearest codes of ``z^l``, on the pixels where it is among them.
 
 Task config keys (``task_config`` in the YAML):
 
@@ -35,8 +37,11 @@ Task config keys (``task_config`` in the YAML):
   its weights are found (``TOKENSR_VGG19``), else the substitute ``tokenizer`` feature loss;
   or ``vgg``, a path to the VGG19 file, ``tokenizer``, ``ms_ssim``, ``none``),
   ``perceptual_criterion`` (``l1``), ``gan`` (0.1; 0 = off), ``disc_start`` (0),
-  ``codebook`` (1), ``beta`` (0.25), ``alpha`` (1; Gram), ``codebook_on`` (``[lq, fused]``),
-  ``esu`` (1), ``udl`` (1), ``udl_min`` (``sample`` | ``batch``), ``codebook_warmup`` (0: steps
+  ``codebook`` (1), ``beta`` (0.25), ``alpha`` (1; Gram), ``codebook_on`` (``lq`` and/or
+  ``fused``; unset or ``auto``: ``[lq, fused]`` for a ``residual`` fusion, whose correction the
+  ``z'`` term supervises directly and which every earlier run trained with, and ``[lq]``, eq. 13
+  as the paper writes it, for a ``select`` fusion), ``select`` (1: the candidate cross-entropy,
+  ``select`` fusion only), ``esu`` (1), ``udl`` (1), ``udl_min`` (``sample`` | ``batch``), ``codebook_warmup`` (0: steps
   that train only the LQ encoder with the codebook loss, skipping the decoder; a CPU shortcut,
   not in the paper).
 - ``discriminator``: :func:`tokensr.nn.discriminator.build_discriminator` settings
@@ -45,8 +50,8 @@ Task config keys (``task_config`` in the YAML):
 Config reading, crops, the validation batch and frozen modules come from the shared task layer
 (:class:`tokensr.train.base.TaskBase`); L1, the perceptual term and the GAN (a fixed weight,
 no adaptive balance, as the paper) are one :class:`tokensr.nn.losses.ImageLoss`. What stays
-here is UGTSR's own: the codebook loss on ``z^l`` / ``z'``, the ESU / UDL terms and the
-matching accuracies of validation.
+here is UGTSR's own: the codebook loss on ``z^l`` / ``z'``, the candidate cross-entropy, the
+ESU / UDL terms and the matching accuracies of validation.
 """
 
 from __future__ import annotations
@@ -60,7 +65,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokensr.errors import OptionError
-from tokensr.methods.ugtsr.losses import REDUCE_MIN, TokenizerFeatureLoss, codebook_loss, esu_loss, udl_loss
+from tokensr.methods.ugtsr.losses import (
+    REDUCE_MIN,
+    TokenizerFeatureLoss,
+    candidate_cross_entropy,
+    codebook_loss,
+    esu_loss,
+    udl_loss,
+)
 from tokensr.methods.ugtsr.matching import MatchingAccuracy
 from tokensr.methods.ugtsr.model import PRESETS, UGTSR
 from tokensr.methods.ugtsr.prior import FeMaSRPrior
@@ -84,7 +96,8 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "codebook": 1.0,
     "beta": 0.25,
     "alpha": 1.0,
-    "codebook_on": ["lq", "fused"],
+    "codebook_on": None,  # None / "auto": see codebook_targets
+    "select": 1.0,
     "esu": 1.0,
     "udl": 1.0,
     "udl_min": "sample",
@@ -117,6 +130,16 @@ def build_perceptual_loss(spec: Any, tokenizer: VQGAN | FeMaSRPrior, criterion: 
     return L.build_perceptual(spec, input_range=(-1.0, 1.0), criterion=criterion, substitute=substitute)
 
 
+def codebook_targets(on: str | list[str] | None, fusion_mode: str) -> set[str]:
+    """The features ``losses.codebook_on`` puts the codebook loss on. ``None`` / ``auto``:
+    ``z^l`` and the fused ``z'`` for a ``residual`` fusion (the ``z'`` term is the correction's
+    direct supervision; every run before the option trained so), ``z^l`` alone (eq. 13) for a
+    ``select`` fusion, which the candidate cross-entropy supervises instead."""
+    if on is None or on == "auto":
+        return {"lq", "fused"} if fusion_mode == "residual" else {"lq"}
+    return {on} if isinstance(on, str) else set(on)
+
+
 class _Stage(TaskBase):
     """What both stages share: the model, its losses, validation, export."""
 
@@ -143,10 +166,11 @@ class _Stage(TaskBase):
         self.loss_weights = lw = self.read_losses(LOSS_DEFAULTS)
         check_choice("losses.udl_min", lw["udl_min"], REDUCE_MIN)
         on = lw["codebook_on"]
-        self.codebook_on = {on} if isinstance(on, str) else set(on)
-        check_keys(self.codebook_on, ("lq", "fused"), "losses.codebook_on")
+        if on not in (None, "auto"):
+            check_keys({on} if isinstance(on, str) else set(on), ("lq", "fused"), "losses.codebook_on")
         self.use_uncertainty = bool(self.cfg.get("uncertainty", True))
         self.model = self._build_model().to(self.device)
+        self.codebook_on = codebook_targets(on, self.model.config.fusion_mode)
         self.model.requires_grad_(False)
         for m in self._trained_modules():
             m.requires_grad_(True)
@@ -303,6 +327,10 @@ class _Stage(TaskBase):
         if self.loss_weights["codebook"] > 0:
             cb, parts = self._codebook_term(out, self.model.tokenizer.quantizer.lookup(gt))
             total = total + cb
+            logs.update(parts)
+        if out.select_logits is not None and self.loss_weights["select"] > 0:
+            sel, parts = candidate_cross_entropy(out.select_logits, out.candidates, gt)
+            total = total + self.loss_weights["select"] * sel
             logs.update(parts)
         unc, parts = self._uncertainty_term(out, sr, hr, lr)
         logs.update(parts)
@@ -464,4 +492,4 @@ class UDLTask(_Stage):
         return self.loss_weights["udl"] * udl, {"udl": udl.item()}
 
 
-__all__ = ["ESUTask", "UDLTask", "build_perceptual_loss"]
+__all__ = ["ESUTask", "UDLTask", "build_perceptual_loss", "codebook_targets"]
