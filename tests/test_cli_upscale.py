@@ -357,6 +357,28 @@ def test_dry_run_estimates_follow_the_speed_table() -> None:
     # tiled: memory grows with the output's bytes, not with a float copy of it
     assert 3 * big.out_width * big.out_height < big.peak_bytes < 4e9
     assert estimate("ugtsr", 6000, 4000, 4, tile=None).peak_bytes > 2 * big.peak_bytes
+    # a streamed PNG never holds the output: its 3 bytes per output pixel come off
+    streamed = estimate("ugtsr", 6000, 4000, 4, tile=512, streamed=True)
+    assert big.peak_bytes - streamed.peak_bytes == 3 * 24000 * 16000 and streamed.peak_bytes < 3e9
+
+
+def test_dry_run_counts_the_output_only_where_it_is_held(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "big.jpg"
+    Image.new("RGB", (3000, 2000)).save(src)
+
+    def peak(*extra: str) -> str:
+        assert main(["upscale", str(src), "-o", str(tmp_path / "out"), "--method", "bicubic", "--dry-run", *extra]) == 0
+        return capsys.readouterr().out.splitlines()[1].split("peak ~")[1]
+
+    from tokensr.inference.costs import estimate, format_bytes
+
+    held = estimate("bicubic", 3000, 2000, 4, tile=512)
+    streamed = estimate("bicubic", 3000, 2000, 4, tile=512, streamed=True)
+    assert held.peak_bytes - streamed.peak_bytes == 12000 * 8000 * 3
+    assert peak() == format_bytes(streamed.peak_bytes)  # PNG: streamed
+    assert peak("--ext", "jpg") == format_bytes(held.peak_bytes)
+    resized = estimate("bicubic", 3000, 2000, 4, tile=512, final=(9000, 6000))
+    assert peak("--outscale", "3") == format_bytes(resized.peak_bytes)  # resized from the held output
 
 
 def test_suffix_and_ext_name_the_outputs(make_image, tmp_path: Path) -> None:

@@ -19,15 +19,17 @@ from tokensr.io import (
     ImageWriteError,
     LoadedImage,
     PixelImage,
+    decode_image,
     encode_image,
     from_pil,
     is_image_name,
+    png_rows,
     probe_image,
     read_image,
     to_pil,
     write_image,
 )
-from tokensr.io.encoders import encode_png16
+from tokensr.io.encoders import PngStream, encode_png16, write_png
 
 
 def srgb_icc() -> bytes:
@@ -520,3 +522,67 @@ def test_probe_reads_size_layout_and_depth_from_the_header(make_image, tmp_path:
         probe_image(tmp_path / "t.txt")
     with pytest.raises(ImageReadError, match="over the limit"):
         probe_image(make_image("b.png", "RGB", size=(20, 14)), max_pixels=100)
+
+
+# ---------------------------------------------------------------- streaming PNG rows
+
+
+@pytest.mark.parametrize(("channels", "dtype"), [(1, np.uint8), (2, np.uint16), (3, np.uint8), (4, np.uint16)])
+def test_png_stream_in_pieces_is_the_same_file_as_write_png(channels: int, dtype: type) -> None:
+    rng = np.random.default_rng(channels)
+    pixels = rng.integers(0, np.iinfo(dtype).max + 1, size=(37, 23, channels), dtype=dtype)
+    icc = srgb_icc() if channels >= 3 else None
+    whole = io.BytesIO()
+    write_png(whole, pixels, icc)
+    pieces = io.BytesIO()
+    stream = PngStream(pieces, 23, 37, channels, 8 * np.dtype(dtype).itemsize, icc)
+    stream.block_rows = 5  # several compressed blocks per piece, too
+    for start, stop in [(0, 1), (1, 14), (14, 30), (30, 37)]:
+        stream.write_rows(pixels[start:stop])
+    stream.close()
+    assert pieces.getvalue() == whole.getvalue()  # the same bytes: zlib buffers these few rows until the end
+    assert np.array_equal(decode_image(pieces.getvalue(), name="x.png").to_pixels().pixels, pixels)
+    if dtype == np.uint8:
+        assert Image.open(io.BytesIO(pieces.getvalue())).info.get("icc_profile") == icc
+
+
+def test_png_stream_checks_its_rows() -> None:
+    stream = PngStream(io.BytesIO(), 4, 3, 3, 8)
+    with pytest.raises(ValueError, match="uint8 rows"):
+        stream.write_rows(np.zeros((1, 4, 3), dtype=np.uint16))
+    with pytest.raises(ValueError, match="n x 4 x 3"):
+        stream.write_rows(np.zeros((1, 5, 3), dtype=np.uint8))
+    stream.write_rows(np.zeros((2, 4, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="more than"):
+        stream.write_rows(np.zeros((2, 4, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="2 of its 3 rows"):
+        stream.close()
+
+
+def test_png_rows_is_atomic_and_never_replaces_an_input(make_image, tmp_path: Path) -> None:
+    pixels = u16_pattern(6, 5, 4)
+    target = tmp_path / "out" / "x.png"
+    icc = srgb_icc()
+    with png_rows(target, 5, 6, 4, 16, icc_profile=icc) as write:
+        write(pixels[:2])
+        assert not target.exists()  # only a temporary file while rows still come
+        write(pixels[2:])
+    assert np.array_equal(read_image(target).to_pixels().pixels, pixels)
+    assert read_image(target).icc_profile == icc
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.png"]
+    before = target.read_bytes()
+    with pytest.raises(ImageWriteError, match="already exists"):
+        with png_rows(target, 5, 6, 4, 16):
+            pass
+    with pytest.raises(RuntimeError, match="method broke"):  # a failure mid-way leaves nothing behind
+        with png_rows(target, 5, 6, 4, 16, overwrite=True) as write:
+            write(pixels[:3])
+            raise RuntimeError("method broke")
+    assert target.read_bytes() == before and sorted(p.name for p in target.parent.iterdir()) == ["x.png"]
+    src = make_image("in.png", "RGB")
+    with pytest.raises(ImageWriteError, match="input"):
+        with png_rows(src, 5, 6, 3, 8, overwrite=True, protect=[src]):
+            pass
+    with pytest.raises(OptionError, match="png"):
+        with png_rows(tmp_path / "x.jpg", 5, 6, 3, 8):
+            pass

@@ -13,17 +13,19 @@ import torch.nn.functional as F
 from PIL import Image, ImageCms
 
 from tokensr.errors import OptionError
+from tokensr.inference import pipeline
 from tokensr.inference.pipeline import (
     AUTO_TILE,
     alpha_strips,
     output_names,
     render_image,
     resolve_tile,
+    streams_to_png,
     upscale_alpha,
     upscale_files,
     upscale_image,
 )
-from tokensr.io import LoadedImage, read_image
+from tokensr.io import LoadedImage, encoders, read_image, write_image
 from tokensr.methods.bicubic import Bicubic
 
 
@@ -237,3 +239,93 @@ def test_fp16_on_cpu_is_refused() -> None:
     with pytest.raises(OptionError, match="CUDA"):
         render_image(img, Bicubic(2), fp16=True)
     assert render_image(img, Bicubic(2)).pixels.shape == (8, 8, 3)
+
+
+# ---------------------------------------------------------------- PNG rows streamed to the file
+
+
+@pytest.mark.parametrize(("mode", "bits"), [("RGBA", 8), ("RGBA", 16), ("RGB", 16), ("LA", 8)])
+def test_streamed_png_has_the_pixels_of_the_in_memory_path(tmp_path: Path, mode: str, bits: int) -> None:
+    rng = np.random.default_rng(1)
+    planes = rng.random((50, 37, len(mode))).astype(np.float32)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes() if "RGB" in mode else None
+    img = LoadedImage.from_planes(planes, bit_depth=bits, icc_profile=icc)
+    src = tmp_path / "src.png"
+    write_image(img, src)
+    loaded = read_image(src)
+    method = Bicubic(4)
+    expected = render_image(loaded, method, tile=16, overlap=4)
+    in_memory = write_image(expected, tmp_path / "memory.png")
+    summary = upscale_files([src], tmp_path / "out", method, tile=16, overlap=4, quiet=True)
+    streamed = tmp_path / "out" / "src.png"
+    assert summary.written == [streamed]
+    back = read_image(streamed)
+    assert back.to_pixels().pixels.dtype == expected.pixels.dtype
+    assert np.array_equal(back.to_pixels().pixels, expected.pixels)
+    assert back.icc_profile == loaded.icc_profile
+    assert np.array_equal(back.to_pixels().pixels, read_image(in_memory).to_pixels().pixels)
+    if bits == 8:  # Pillow decodes both files to the same pixels too
+        assert np.array_equal(np.asarray(Image.open(streamed)), np.asarray(Image.open(in_memory)))
+
+
+def test_png_output_is_streamed_without_a_full_size_buffer(tmp_path: Path, monkeypatch) -> None:
+    """The PNG path never builds the output image: `render_image` (which allocates it) is not
+    called, and the encoder gets the rows in many small pieces as the tiles finish."""
+    img = LoadedImage.from_planes(np.random.default_rng(2).random((90, 40, 4)).astype(np.float32), bit_depth=16)
+    src = tmp_path / "src.png"
+    write_image(img, src)
+    expected = render_image(read_image(src), Bicubic(4), tile=16, overlap=4).pixels
+    pieces: list[int] = []
+    original = encoders.PngStream.write_rows
+
+    def record(self: encoders.PngStream, rows: np.ndarray) -> None:
+        pieces.append(rows.shape[0])
+        assert not (tmp_path / "out.png").exists()  # the final name appears only at the end
+        original(self, rows)
+
+    def whole_image(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the PNG path must not build the whole output image")
+
+    monkeypatch.setattr(encoders.PngStream, "write_rows", record)
+    monkeypatch.setattr(pipeline, "render_image", whole_image)
+    calls: list[tuple[int, int]] = []
+    summary = upscale_files(
+        [src],
+        tmp_path / "out.png",
+        Bicubic(4),
+        tile=16,
+        overlap=4,
+        quiet=True,
+        progress=lambda p: lambda d, t: calls.append((d, t)),
+    )
+    assert summary.ok and calls[-1] == (len(calls), len(calls)) and len(calls) > 1
+    assert sum(pieces) == 360 and len(pieces) >= 4 and max(pieces) <= 128  # 360 rows in tile-row pieces
+    assert np.array_equal(read_image(tmp_path / "out.png").to_pixels().pixels, expected)
+
+
+def test_a_failure_while_streaming_leaves_no_file(tmp_path: Path) -> None:
+    class BreaksLate(Bicubic):
+        def __init__(self) -> None:
+            super().__init__(2)
+            self.calls = 0
+
+        def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 5:
+                raise RuntimeError("tile 5 broke")
+            return super().__call__(lr)
+
+    src = tmp_path / "in.png"
+    write_image(LoadedImage.from_planes(np.random.default_rng(3).random((60, 30, 3)).astype(np.float32)), src)
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = upscale_files([src], out, BreaksLate(), tile=16, overlap=4, quiet=True)
+    assert summary.n_failed == 1 and "tile 5 broke" in summary.failed[0][1]
+    assert list(out.iterdir()) == []  # neither the output nor its temporary file
+
+
+def test_resized_and_other_formats_keep_the_in_memory_path(tmp_path: Path) -> None:
+    assert streams_to_png("a.png", 10, 20, 4, (40, 80))
+    assert not streams_to_png("a.png", 10, 20, 4, (25, 50))  # --outscale 2.5: resized from the whole image
+    assert not streams_to_png("a.jpg", 10, 20, 4, (40, 80))
+    assert not streams_to_png("a.tif", 10, 20, 4, (40, 80))

@@ -193,3 +193,29 @@ def test_bundled_x4_is_the_default_and_runs() -> None:
     assert sr.shape == (1, 3, 52, 40) and 0 <= sr.min() and sr.max() <= 1
     up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
     assert (sr - up).abs().mean() < (sr - up.flip(-1).flip(-2)).abs().mean()
+
+
+def test_progress_per_token_window_and_decoder_tile(folder: Path) -> None:
+    """One image in one pass still shows progress: a report per window generated, per CCM
+    window fused and per decoder tile, through the pipeline's ``progress(done, total)``."""
+    from tokensr.inference.pipeline import render_image
+    from tokensr.inference.token_windows import WindowGrid
+    from tokensr.io import LoadedImage
+
+    lr = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(8))
+    method = build(weights=str(folder), batch="1")
+    # 12 x 10 LR -> 48 x 40 px -> 24 x 20 tokens (f = 2) in windows of 16 tokens every 16
+    windows = len(WindowGrid(24, 20, *method._window_tokens()).parts)
+    assert windows == 4
+    total = windows + windows + 1  # generator+critic windows, CCM windows, one decoder tile
+    calls: list[tuple[int, int]] = []
+    loaded = LoadedImage.from_planes(lr[0].permute(1, 2, 0).numpy())
+    out = render_image(loaded, method, tile=0, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(k, total) for k in range(1, total + 1)]
+    assert method.progress_hook is None  # only set while the pipeline runs it
+    assert out.pixels.shape == (48, 40, 3)
+    assert torch.equal(method(lr), build(weights=str(folder), batch="1")(lr))  # no hook: same pixels
+    # the default batch of 8 windows: one report per batch, ending at the same total
+    calls.clear()
+    render_image(loaded, build(weights=str(folder)), tile=0, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(4, total), (8, total), (9, total)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -219,3 +220,48 @@ def test_progress_is_called_after_every_batch_of_tiles() -> None:
     calls.clear()
     upscale_tiled(Recording(), lr, tile=None, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(1, 1)]
+
+
+class Windowed(Recording):
+    """`Recording` that reports 3 steps per image of each call through its ``progress_hook``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress_hook: Callable[[int, int], None] | None = None
+        self.hooked: list[bool] = []
+
+    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+        self.hooked.append(self.progress_hook is not None)
+        total = 3 * lr.shape[0]
+        for done in range(lr.shape[0], total + 1, lr.shape[0]):
+            if self.progress_hook is not None:
+                self.progress_hook(done, total)
+        return super().__call__(lr)
+
+
+def test_progress_counts_the_steps_a_method_reports() -> None:
+    lr = torch.rand(1, 3, 40, 40)
+    calls: list[tuple[int, int]] = []
+    method = Windowed()
+    out = upscale_tiled(method, lr, tile=16, overlap=4, batch=2, progress=lambda d, t: calls.append((d, t)))
+    assert torch.equal(out, upscale_tiled(Recording(), lr, tile=16, overlap=4, batch=2, quiet=True))
+    # 9 tiles of 3 steps; a call of 2 tiles reports steps 1..3 of its 2 tiles (2 each); no repeats
+    assert calls == [(2 * k, 27) for k in range(1, 13)] + [(25, 27), (26, 27), (27, 27)]
+    assert method.hooked == [True] * 5 and method.progress_hook is None  # set for each call, then removed
+    calls.clear()
+    upscale_tiled(method, lr, tile=None, progress=lambda d, t: calls.append((d, t)))  # one pass: steps only
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    method.hooked.clear()
+    upscale_tiled(method, lr, tile=16, overlap=4, quiet=True)  # nobody listens: no hook
+    assert method.hooked == [False] * 9
+
+
+def test_progress_bar_switches_to_windows_when_a_method_reports_steps() -> None:
+    from tokensr.inference.progress import STEP_UNIT, ProgressBar, StepProgress
+
+    bar = ProgressBar(enabled=False)
+    steps = StepProgress(bar, tiles=4)
+    steps.start(0, 1)
+    assert bar.unit == "tile"
+    steps.hook(1, 10)
+    assert bar.unit == STEP_UNIT == "window" and steps.per_tile == 10

@@ -20,7 +20,8 @@ from PIL import Image
 
 import tokensr
 from tokensr.cli import main
-from tokensr.web.jobs import JobOptions, Upscaler
+from tokensr.inference.progress import StepProgress
+from tokensr.web.jobs import JobOptions, Upscaler, _tile_progress
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -60,6 +61,17 @@ def test_progress_follows_the_tiles_of_a_large_image(tmp_path: Path, make_image:
     assert tiles[0][1] == "image 1/2: wide.png: tile 1/3" and tiles[-1] == (1.0, "image 2/2: wide.png: tile 3/3")
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and 0.0 < tiles[0][0] < 0.5
+
+
+def test_progress_says_window_when_the_method_reports_its_own_steps() -> None:
+    # RealSRT reports token windows through StepProgress; the web text must not call them tiles
+    seen: list[tuple[float, str]] = []
+    steps = StepProgress(_tile_progress(lambda f, text: seen.append((f, text)), 1, 2, "image 2/2: a.png"), tiles=2)
+    steps.start(0, 1)
+    steps.hook(3, 6)  # half of the first tile's six windows
+    assert seen[-1] == (0.625, "image 2/2: a.png: window 3/12")
+    steps.finished(2)
+    assert seen[-1] == (1.0, "image 2/2: a.png: window 12/12")
 
 
 def test_job_keeps_the_input_format_when_asked(tmp_path: Path, make_image: Callable[..., Path]) -> None:

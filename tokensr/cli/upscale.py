@@ -6,7 +6,8 @@ processed, and the run ends with the list of failures, also written to ``--fail-
 usage errors (bad options, unknown method or weights, CUDA asked for but missing).
 
 ``--dry-run`` reads only the image headers and prints, per file, the output size, the
-estimated time and the estimated peak memory (`tokensr.inference.costs`); nothing is written.
+estimated time and the estimated peak memory (`tokensr.inference.costs`; a PNG output that is
+not resized is streamed to its file, so its bytes are not counted); nothing is written.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     """Print what each file would cost; read headers only, load no weights, write nothing."""
     from tokensr.errors import TokensrError
     from tokensr.inference.costs import estimate, format_bytes, format_seconds
-    from tokensr.inference.pipeline import outscale_size, plan_files, resolve_tile
+    from tokensr.inference.pipeline import outscale_size, plan_files, resolve_tile, streams_to_png
     from tokensr.io import check_output_path, check_output_size, probe_image
     from tokensr.methods import default_method
 
@@ -303,6 +304,7 @@ def _dry_run(args: argparse.Namespace) -> int:
             channels=header.channels,
             bit_depth=header.bit_depth,
             final=final,
+            streamed=streams_to_png(dst, header.width, header.height, scale, final),
         )
         if not note:
             total_seconds += cost.seconds

@@ -22,7 +22,9 @@ Peak memory (``estimate``): the process's resident set is modelled as
 
 - a constant per method: Python, torch and the loaded weights (``BASE_MB``);
 - the decoded input: float32 RGB (``INPUT_BYTES_PER_PX`` per input pixel);
-- the output buffer: its own uint8 / uint16 bytes (channels x bytes per sample per pixel);
+- the output buffer: its own uint8 / uint16 bytes (channels x bytes per sample per pixel),
+  except where the output is streamed (``streamed``: a PNG that is not resized, written row by
+  row as the tiles finish, `tokensr.inference.pipeline.render_png`): then no output buffer;
 - the float band of tiles in flight: ``tile * scale`` output rows of the full output width,
   float32 RGB;
 - the method's working memory: a fixed part (``WORK_FIXED_MB``: activations on the method's
@@ -111,12 +113,15 @@ def estimate(
     channels: int = 3,
     bit_depth: int = 8,
     final: tuple[int, int] | None = None,
+    streamed: bool = False,
 ) -> CostEstimate:
     """Cost of upscaling a ``width x height`` image by ``scale`` with ``method``.
 
     tile: the LR tile side actually used (None: one pass). channels, bit_depth: of the output.
     final: the (width, height) the result is resized to (``--outscale``), if any: its bytes
         are held next to the method's output while it is resized.
+    streamed: the rows go straight to the output file (PNG, not resized), so the output is
+        never held and its bytes are not counted.
     """
     out_w, out_h = width * scale, height * scale
     out_px = out_w * out_h
@@ -131,7 +136,7 @@ def estimate(
     peak = (
         BASE_MB.get(method, UNKNOWN_BASE_MB) * 1e6
         + INPUT_BYTES_PER_PX * width * height
-        + channels * (bit_depth // 8) * out_px
+        + (0 if streamed else channels * (bit_depth // 8) * out_px)
         + working
         + WORK_FIXED_MB.get(method, UNKNOWN_WORK_FIXED_MB) * 1e6
     )

@@ -7,6 +7,9 @@ one channel, and bit depth and ICC profile are carried over.
 `render_image` does the same for files: it streams the tiles' finished rows straight into a
 uint8 / uint16 `PixelImage` (the output's own bytes), so peak memory is about the output file's
 raw size plus one band of tiles, never the float32 image (four times the bytes and more).
+`render_png` goes one step further for PNG outputs: each piece of finished rows is filtered,
+compressed and written to the (temporary, then renamed) output file at once, so the output
+image is never held at all; `upscale_files` uses it for every PNG output that is not resized.
 
 Tiling is automatic (``tile=None``): an image larger than `AUTO_TILE` LR pixels on a side is
 processed in `AUTO_TILE`-pixel tiles, a smaller one in one pass; ``tile=0`` forces one pass.
@@ -50,11 +53,14 @@ from tokensr.io import (
     check_output_size,
     float_to_uint,
     is_image_name,
+    output_format,
+    png_rows,
     read_image,
     write_image,
 )
 from tokensr.io.loaded import LUMA_WEIGHTS
 from tokensr.io.read import IMAGE_EXTENSIONS
+from tokensr.io.write import RowWriter
 from tokensr.methods.base import SRMethod
 
 log = logging.getLogger(__name__)
@@ -136,6 +142,75 @@ def upscale_image(
     return loaded.with_pixels(np.ascontiguousarray(rgb), alpha)
 
 
+def render_rows(
+    loaded: LoadedImage,
+    method: SRMethod,
+    emit: RowWriter,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    batch: int = 1,
+    *,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    fp16: bool = False,
+) -> tuple[int, int]:
+    """Upscale one image and hand its finished rows, as uint8 / uint16 pixels (the source's bit
+    depth, alpha included), to ``emit(rows)``: top to bottom, ``n x W x C`` at most
+    `_SINK_ROWS` rows at a time, each row once. The arrays are new for every call.
+
+    This is what `render_image` (rows into one array) and `render_png` (rows into a PNG file)
+    share; arguments as for `render_image`. Returns the output size ``(width, height)``.
+    """
+    run_on = torch.device(device) if device is not None else method_device(method)
+    scale = int(method.scale)
+    colour = 1 if loaded.grayscale else 3
+    channels = colour + (0 if loaded.alpha is None else 1)
+    dtype = np.uint8 if loaded.bit_depth == 8 else np.uint16
+    width = loaded.width * scale
+    alpha = None if loaded.alpha is None else _AlphaRows(loaded.alpha, scale, loaded.bit_depth)
+
+    def sink(y0: int, rows: torch.Tensor) -> None:
+        for k in range(0, rows.shape[2], _SINK_ROWS):  # small pieces even when one pass gives all rows
+            rgb = rows[0, :, k : k + _SINK_ROWS].permute(1, 2, 0).cpu().numpy()
+            if loaded.grayscale:
+                rgb = (rgb @ LUMA_WEIGHTS)[..., None]
+            piece = np.empty((rgb.shape[0], width, channels), dtype=dtype)
+            piece[..., :colour] = float_to_uint(rgb, loaded.bit_depth)
+            if alpha is not None:
+                piece[..., colour] = alpha.take(rgb.shape[0])
+            emit(piece)
+
+    lr = torch.from_numpy(np.ascontiguousarray(loaded.rgb)).permute(2, 0, 1)[None]
+    use_tile = resolve_tile(tile, loaded.height, loaded.width, method)
+    if fp16 and run_on.type != "cuda":
+        raise OptionError(f"half precision (--fp16) needs a CUDA device, not {run_on}; on CPU tokensr runs in float32")
+    with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
+        out_h, out_w = upscale_tiled_rows(method, lr, sink, use_tile, overlap, batch, device=run_on, progress=progress)
+    return out_w, out_h
+
+
+class _AlphaRows:
+    """The upscaled alpha plane as uint rows, handed out in order (`alpha_strips` underneath,
+    so the values are exactly those of `upscale_alpha`); holds one strip at a time."""
+
+    def __init__(self, alpha: np.ndarray, scale: int, bits: int) -> None:
+        self._strips = alpha_strips(alpha, scale)
+        self._bits = bits
+        self._plane = np.empty((0, alpha.shape[1] * scale), dtype=np.float32)
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` rows, ``n x W`` uint8 / uint16."""
+        parts = []
+        while n > 0:
+            if self._plane.shape[0] == 0:
+                self._plane = next(self._strips)[1]
+            parts.append(self._plane[:n])
+            n -= parts[-1].shape[0]
+            self._plane = self._plane[parts[-1].shape[0] :]
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return float_to_uint(rows, self._bits)
+
+
 def render_image(
     loaded: LoadedImage,
     method: SRMethod,
@@ -153,31 +228,66 @@ def render_image(
     tiles produce them, so the float image never exists: peak memory is the output's own bytes
     plus one band of tiles. ``tile``: None = automatic, 0 = one pass (see `resolve_tile`).
     ``fp16``: run the method under CUDA autocast to float16 (blending stays float32).
+    `render_png` writes the same pixels to a PNG file without holding them.
     """
-    run_on = torch.device(device) if device is not None else method_device(method)
     scale = int(method.scale)
     channels = (1 if loaded.grayscale else 3) + (0 if loaded.alpha is None else 1)
     dtype = np.uint8 if loaded.bit_depth == 8 else np.uint16
     pixels = np.empty((loaded.height * scale, loaded.width * scale, channels), dtype=dtype)
-    colour = 1 if loaded.grayscale else 3
+    filled = 0
 
-    def sink(y0: int, rows: torch.Tensor) -> None:
-        for k in range(0, rows.shape[2], _SINK_ROWS):  # small pieces even when one pass gives all rows
-            rgb = rows[0, :, k : k + _SINK_ROWS].permute(1, 2, 0).cpu().numpy()
-            if loaded.grayscale:
-                rgb = (rgb @ LUMA_WEIGHTS)[..., None]
-            pixels[y0 + k : y0 + k + rgb.shape[0], :, :colour] = float_to_uint(rgb, loaded.bit_depth)
+    def keep(rows: np.ndarray) -> None:
+        nonlocal filled
+        pixels[filled : filled + rows.shape[0]] = rows
+        filled += rows.shape[0]
 
-    lr = torch.from_numpy(np.ascontiguousarray(loaded.rgb)).permute(2, 0, 1)[None]
-    use_tile = resolve_tile(tile, loaded.height, loaded.width, method)
-    if fp16 and run_on.type != "cuda":
-        raise OptionError(f"half precision (--fp16) needs a CUDA device, not {run_on}; on CPU tokensr runs in float32")
-    with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
-        upscale_tiled_rows(method, lr, sink, use_tile, overlap, batch, device=run_on, progress=progress)
-    if loaded.alpha is not None:
-        for y0, plane in alpha_strips(loaded.alpha, scale):
-            pixels[y0 : y0 + plane.shape[0], :, colour] = float_to_uint(plane, loaded.bit_depth)
+    render_rows(loaded, method, keep, tile, overlap, batch, device=device, progress=progress, fp16=fp16)
     return PixelImage(pixels, icc_profile=loaded.icc_profile, source=loaded.source)
+
+
+def render_png(
+    loaded: LoadedImage,
+    method: SRMethod,
+    path: str | os.PathLike[str],
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    batch: int = 1,
+    *,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    fp16: bool = False,
+    overwrite: bool = False,
+    protect: Sequence[str | os.PathLike[str]] = (),
+) -> tuple[int, int]:
+    """`render_image` written straight to the PNG file ``path`` as the rows finish.
+
+    The file holds the same pixels (and ICC profile) as ``write_image(render_image(...), path)``
+    but the output image is never held: peak memory is one band of tiles. The write is atomic
+    (`tokensr.io.png_rows`): ``path`` appears only once the whole image is written, never
+    replaces the input (or a path in ``protect``), and replaces another existing file only
+    with ``overwrite``. Returns the output size ``(width, height)``.
+    """
+    scale = int(method.scale)
+    channels = (1 if loaded.grayscale else 3) + (0 if loaded.alpha is None else 1)
+    keep_safe = [p for p in [loaded.source, *protect] if p is not None]
+    with png_rows(
+        path,
+        loaded.width * scale,
+        loaded.height * scale,
+        channels,
+        loaded.bit_depth,
+        icc_profile=loaded.icc_profile,
+        overwrite=overwrite,
+        protect=keep_safe,
+    ) as write:
+        size = render_rows(loaded, method, write, tile, overlap, batch, device=device, progress=progress, fp16=fp16)
+    return size
+
+
+def streams_to_png(dst: str | os.PathLike[str], width: int, height: int, scale: int, final: tuple[int, int]) -> bool:
+    """Whether `upscale_files` writes this output row by row (`render_png`): a PNG output that is
+    not resized afterwards (``--outscale`` other than the method's scale needs the whole image)."""
+    return output_format(dst) == "PNG" and final == (width * scale, height * scale)
 
 
 def resize_pixels(image: PixelImage, width: int, height: int) -> PixelImage:
@@ -468,12 +578,27 @@ def upscale_files(
             check_output_size(dst, *final)
             if hasattr(method, "figure_name"):  # methods that save per-image figures name them after the input
                 method.figure_name = src.stem
-            result = render_image(
-                loaded, method, tile=tile, overlap=overlap, batch=batch, device=device, progress=bar, fp16=fp16
-            )
-            _close(bar)
-            result = resize_pixels(result, *final)
-            write_image(result, dst, overwrite=overwrite, protect=protect)
+            if streams_to_png(dst, loaded.width, loaded.height, int(method.scale), final):
+                size = render_png(
+                    loaded,
+                    method,
+                    dst,
+                    tile,
+                    overlap,
+                    batch,
+                    device=device,
+                    progress=bar,
+                    fp16=fp16,
+                    overwrite=overwrite,
+                    protect=protect,
+                )
+                _close(bar)
+            else:
+                result = render_image(loaded, method, tile, overlap, batch, device=device, progress=bar, fp16=fp16)
+                _close(bar)
+                result = resize_pixels(result, *final)
+                write_image(result, dst, overwrite=overwrite, protect=protect)
+                size = (result.width, result.height)
         except TokensrError as e:  # ImageReadError, ImageWriteError, OptionError, ...
             _fail(summary, src, str(e))
             continue
@@ -499,8 +624,7 @@ def upscale_files(
                 dst,
                 loaded.width,
                 loaded.height,
-                result.width,
-                result.height,
+                *size,
                 time.perf_counter() - t0,
             )
     _report(summary, quiet, time.perf_counter() - started)
@@ -544,8 +668,11 @@ __all__ = [
     "plan_files",
     "plan_outputs",
     "render_image",
+    "render_png",
+    "render_rows",
     "resize_pixels",
     "resolve_tile",
+    "streams_to_png",
     "upscale_alpha",
     "upscale_files",
     "upscale_image",

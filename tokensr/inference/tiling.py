@@ -25,6 +25,9 @@ which can turn it into uint8 or write it out. Peak float memory is then about
 `upscale_tiled` is the same with a sink that fills one float tensor, for callers that want it.
 
 Progress: ``progress(done, total)`` is called after every batch of tiles (``total`` tiles).
+A method that reports its own steps (a ``progress_hook`` attribute, e.g. RealSRT's token
+windows) is given a hook for each call, and the callback then counts steps of the whole image
+instead of tiles, also within a tile and in one pass (`tokensr.inference.progress.StepProgress`).
 """
 
 from __future__ import annotations
@@ -36,13 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from tokensr.errors import OptionError
+from tokensr.inference.progress import Progress, StepProgress, method_hook
 from tokensr.methods.base import SRMethod
 
 MIN_TILE = 8
 SINK_ROWS = 128  # finished rows are handed to the sink at most this many at a time
 
-# progress(done, total): called after every batch of tiles (or once for a single pass).
-Progress = Callable[[int, int], None]
 # sink(y0, rows): finished output rows ``[1, 3, n, W*scale]`` (float32 in [0, 1]) starting at y0.
 RowSink = Callable[[int, torch.Tensor], None]
 
@@ -164,7 +166,8 @@ def upscale_tiled_rows(
     batch: tiles per method call; peak memory grows with ``tile * tile * batch``.
     device: where the method runs (default: ``lr``'s device). Blending happens on ``lr``'s
         device, so a GPU only ever holds one batch of tiles.
-    progress: ``progress(done, total)`` after each batch of tiles (once, ``(1, 1)``, for one pass).
+    progress: ``progress(done, total)`` after each batch of tiles (once, ``(1, 1)``, for one pass);
+        in steps for a method with a ``progress_hook`` (see the module docstring).
 
     Returns the output size ``(H*scale, W*scale)``.
     """
@@ -185,9 +188,11 @@ def upscale_tiled_rows(
     ph, pw = padded.shape[-2:]
 
     if tile is None or (ph <= tile and pw <= tile):
-        out = _run(method, padded, run_device).to(device=lr.device, dtype=torch.float32)
-        if progress is not None:
-            progress(1, 1)
+        steps = None if progress is None else StepProgress(progress, 1)
+        with method_hook(method, None if steps is None else steps.hook):
+            out = _run(method, padded, run_device).to(device=lr.device, dtype=torch.float32)
+        if steps is not None:
+            steps.finished(1)
         sink(0, out[..., :out_h, :out_w].clamp(0.0, 1.0))
         return out_h, out_w
 
@@ -205,9 +210,13 @@ def upscale_tiled_rows(
     band = torch.zeros(1, 3, 0, pw * scale, dtype=torch.float32, device=lr.device)
     band_top = 0  # output row of band[:, :, 0]
     done = 0
+    steps = None if progress is None else StepProgress(progress, len(positions))
     for group in _batches(positions, batch):
         crops = torch.cat([padded[..., y : y + th, x : x + tw] for y, x in group], dim=0)
-        result = _run(method, crops, run_device).to(device=lr.device, dtype=torch.float32)
+        if steps is not None:
+            steps.start(done, len(group))
+        with method_hook(method, None if steps is None else steps.hook):
+            result = _run(method, crops, run_device).to(device=lr.device, dtype=torch.float32)
         need = max(y + th for y, _ in group) * scale - band_top
         if need > band.shape[2]:  # only the first time (or a taller batch): the band is reused
             grown = torch.zeros(1, 3, need, pw * scale, dtype=torch.float32, device=lr.device)
@@ -229,8 +238,8 @@ def upscale_tiled_rows(
                 sink(band_top + k, (band[..., k : k + m, :out_w] / weights).clamp_(0.0, 1.0))
             _shift_up(band, n)
             band_top = finished
-        if progress is not None:
-            progress(done, len(positions))
+        if steps is not None:
+            steps.finished(done)
     return out_h, out_w
 
 

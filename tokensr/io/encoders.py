@@ -4,9 +4,11 @@ Pillow cannot hold 16-bit colour pixels and OpenCV cannot write ICC profiles, so
 outputs (gray, gray+alpha, RGB, RGBA) are encoded here, straight from the format
 specifications (PNG: ISO/IEC 15948; TIFF 6.0), with the ICC profile embedded.
 
-PNG is written *streaming*: `write_png` filters, compresses and writes a few megabytes of
-rows at a time to an open file, so encoding a 400-megapixel result needs no second copy of
-it (Pillow would first copy an RGB image into 4 bytes per pixel, then hold the whole file).
+PNG is written *streaming*: `PngStream` filters, compresses and writes a few megabytes of
+rows at a time to an open file, as the rows arrive, so a 400-megapixel result can be written
+while it is computed, without ever holding it (`write_png` does the same for an image already
+in memory; Pillow would first copy an RGB image into 4 bytes per pixel, then hold the whole
+file).
 """
 
 from __future__ import annotations
@@ -52,37 +54,89 @@ def _paeth_filter(raw: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
     return ((cur - pred) & 0xFF).astype(np.uint8)
 
 
+class PngStream:
+    """A PNG written row by row: header on creation, rows as they come, `close` ends the file.
+
+    ``write_rows`` takes the next ``n x width x channels`` rows (uint8 or uint16, as ``depth``
+    says) in order, any number at a time; each is Paeth-filtered against the row above,
+    compressed and written at once (in blocks of a few megabytes, which bound the
+    temporaries), so the whole image never has to exist. `close` checks that exactly
+    ``height`` rows came and writes the last IDAT chunk and IEND; the file object stays open.
+    """
+
+    def __init__(
+        self,
+        f: BinaryIO,
+        width: int,
+        height: int,
+        channels: int,
+        depth: int,
+        icc_profile: bytes | None = None,
+        level: int = 6,
+    ) -> None:
+        if width < 1 or height < 1:
+            raise ValueError("image has no pixels")
+        if channels not in _PNG_COLOUR_TYPE or depth not in (8, 16):
+            raise ValueError(f"PNG rows need 1..4 channels of 8 or 16 bits, got {channels} x {depth} bits")
+        self.f = f
+        self.width, self.height, self.channels, self.depth = width, height, channels, depth
+        self.rows_written = 0
+        self._dtype = np.uint8 if depth == 8 else np.uint16
+        self._bpp = channels * depth // 8
+        self._prev = np.zeros(width * self._bpp, dtype=np.uint8)
+        self._comp = zlib.compressobj(level)
+        self.block_rows = max(1, _PNG_BLOCK_BYTES // (width * self._bpp))
+        f.write(_PNG_SIGNATURE)
+        f.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, _PNG_COLOUR_TYPE[channels], 0, 0, 0)))
+        if icc_profile:
+            f.write(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile, 9)))
+
+    def write_rows(self, rows: np.ndarray) -> None:
+        """Filter, compress and write the next rows (``n x width x channels``, or ``n x width`` gray)."""
+        if rows.ndim == 2:
+            rows = rows[..., None]
+        if rows.dtype != self._dtype or rows.shape[1:] != (self.width, self.channels):
+            raise ValueError(
+                f"expected {np.dtype(self._dtype).name} rows n x {self.width} x {self.channels}, "
+                f"got {rows.dtype} {rows.shape}"
+            )
+        if self.rows_written + rows.shape[0] > self.height:
+            raise ValueError(f"more than the {self.height} rows of the image")
+        for start in range(0, rows.shape[0], self.block_rows):
+            self._write_block(rows[start : start + self.block_rows])
+        self.rows_written += rows.shape[0]
+
+    def _write_block(self, block: np.ndarray) -> None:
+        if self.depth == 16:
+            block = block.astype(">u2")  # PNG samples are big-endian
+        raw = np.ascontiguousarray(block).reshape(block.shape[0], self.width * self.channels).view(np.uint8)
+        filtered = _paeth_filter(raw, self._prev, self._bpp)
+        lines = np.concatenate([np.full((raw.shape[0], 1), 4, dtype=np.uint8), filtered], axis=1)
+        data = self._comp.compress(lines.tobytes())
+        if data:
+            self.f.write(_png_chunk(b"IDAT", data))
+        self._prev = raw[-1].copy()
+
+    def close(self) -> None:
+        """Write the end of the image; ValueError if rows are missing."""
+        if self.rows_written != self.height:
+            raise ValueError(f"PNG got {self.rows_written} of its {self.height} rows")
+        self.f.write(_png_chunk(b"IDAT", self._comp.flush()))
+        self.f.write(_png_chunk(b"IEND", b""))
+
+
 def write_png(f: BinaryIO, pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 6) -> None:
     """Write uint8 or uint16 ``H x W x C`` (C = 1..4) to ``f`` as a PNG of that bit depth.
 
     Rows are Paeth-filtered and compressed a block at a time and written as separate IDAT
-    chunks, so memory stays a few megabytes whatever the image size. An iCCP chunk holds
-    ``icc_profile`` if given.
+    chunks (`PngStream`), so memory stays a few megabytes whatever the image size. An iCCP
+    chunk holds ``icc_profile`` if given.
     """
     pixels = _check(pixels, (np.uint8, np.uint16))
     h, w, c = pixels.shape
-    depth = 8 * pixels.dtype.itemsize
-    bpp = c * pixels.dtype.itemsize
-    f.write(_PNG_SIGNATURE)
-    f.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, _PNG_COLOUR_TYPE[c], 0, 0, 0)))
-    if icc_profile:
-        f.write(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile, 9)))
-    comp = zlib.compressobj(level)
-    prev = np.zeros(w * bpp, dtype=np.uint8)
-    rows_per_block = max(1, _PNG_BLOCK_BYTES // (w * bpp))
-    for start in range(0, h, rows_per_block):
-        block = pixels[start : start + rows_per_block]
-        if depth == 16:
-            block = block.astype(">u2")  # PNG samples are big-endian
-        raw = np.ascontiguousarray(block).reshape(block.shape[0], w * c).view(np.uint8)
-        filtered = _paeth_filter(raw, prev, bpp)
-        rows = np.concatenate([np.full((raw.shape[0], 1), 4, dtype=np.uint8), filtered], axis=1)
-        data = comp.compress(rows.tobytes())
-        if data:
-            f.write(_png_chunk(b"IDAT", data))
-        prev = raw[-1].copy()
-    f.write(_png_chunk(b"IDAT", comp.flush()))
-    f.write(_png_chunk(b"IEND", b""))
+    stream = PngStream(f, w, h, c, 8 * pixels.dtype.itemsize, icc_profile, level)
+    stream.write_rows(pixels)
+    stream.close()
 
 
 def encode_png(pixels: np.ndarray, icc_profile: bytes | None = None, level: int = 6) -> bytes:

@@ -11,6 +11,9 @@ Every format is encoded from a `PixelImage` (uint8/uint16 in the output layout);
 `LoadedImage` is quantised first. PNG, the default, is written straight to the file a block
 of rows at a time (`tokensr.io.encoders.write_png`), so a huge result needs no second copy.
 
+`png_rows` streams a PNG whose rows are still being computed: each piece of rows is
+filtered, compressed and written as it comes, so a huge upscale never holds its whole result.
+
 A write goes to a temporary file in the destination folder which is then renamed into place,
 so a crash never leaves a half-written image under the final name. An existing file is only
 replaced with ``overwrite=True``; a file the image was read from (or any path in ``protect``)
@@ -23,7 +26,8 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from tokensr.errors import OptionError, TokensrError
-from tokensr.io.encoders import encode_tiff16, write_png
+from tokensr.io.encoders import PngStream, encode_tiff16, write_png
 from tokensr.io.loaded import LoadedImage, PixelImage
 from tokensr.io.permissions import NEW_FILE_MODE
 from tokensr.io.read import icc_colour_space
@@ -51,6 +55,8 @@ DEFAULT_QUALITY = 95
 # Largest side each format can store (libjpeg's JPEG_MAX_DIMENSION; WebP's 14-bit sizes).
 MAX_SIDE: dict[str, int] = {"JPEG": 65_500, "WEBP": 16_383, "PNG": 2**31 - 1, "TIFF": 2**32 - 1, "BMP": 2**31 - 1}
 _STRIP_ROWS = 256  # rows converted at a time when an 8-bit copy or a flattened copy is needed
+# write(rows): the next ``n x W x C`` uint8 / uint16 rows of an image being streamed (`png_rows`)
+RowWriter = Callable[[np.ndarray], None]
 _EXISTS = "{path}: already exists (use --overwrite / overwrite=True to replace it)"
 
 
@@ -225,12 +231,15 @@ def check_output_path(
         raise ImageWriteError(_EXISTS.format(path=out))
 
 
-def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], *, overwrite: bool) -> None:
-    """Write ``data`` (bytes, or a function writing into a binary file) to a temp file next to
-    ``path``, then move it into place.
+@contextmanager
+def atomic_file(path: Path, *, overwrite: bool) -> Iterator[BinaryIO]:
+    """An open temporary file next to ``path`` that becomes ``path`` when the block ends.
 
-    Without ``overwrite`` the final step is a hard link, which fails if ``path`` appeared in
-    the meantime, so even a racing writer is never clobbered.
+    The file is synced and moved into place only if the ``with`` block finishes; if it raises,
+    the temporary file is removed and the exception passes on unchanged, so ``path`` is never
+    left half-written. Without ``overwrite`` the final step is a hard link, which fails if
+    ``path`` appeared in the meantime, so even a racing writer is never clobbered. Errors of
+    creating, syncing and moving the file are ImageWriteError.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,12 +249,20 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], *, overwr
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            if isinstance(data, bytes):
-                f.write(data)
-            else:
-                data(f)
-            f.flush()
-            os.fsync(f.fileno())
+            yield f
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from e
+        _move_into_place(tmp, path, overwrite=overwrite)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _move_into_place(tmp: Path, path: Path, *, overwrite: bool) -> None:
+    try:
         os.chmod(tmp, NEW_FILE_MODE)
         if overwrite:
             os.replace(tmp, path)
@@ -262,11 +279,65 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], *, overwr
         raise
     except OSError as e:
         raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from e
+
+
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], *, overwrite: bool) -> None:
+    """Write ``data`` (bytes, or a function writing into a binary file) to a temp file next to
+    ``path``, then move it into place (`atomic_file`)."""
+    try:
+        with atomic_file(path, overwrite=overwrite) as f:
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                data(f)
+    except ImageWriteError:
+        raise
+    except OSError as e:
+        raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from e
     except ValueError as e:  # an encoder refusing the image (Pillow raises ValueError for some limits)
         raise ImageWriteError(f"{path}: cannot encode ({e})") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+
+@contextmanager
+def png_rows(
+    path: str | os.PathLike[str],
+    width: int,
+    height: int,
+    channels: int,
+    bit_depth: int,
+    *,
+    icc_profile: bytes | None = None,
+    overwrite: bool = False,
+    protect: Iterable[str | os.PathLike[str]] = (),
+) -> Iterator[RowWriter]:
+    """Write a PNG row by row, atomically: ``with png_rows(...) as write: write(rows)...``.
+
+    ``write(rows)`` takes the next ``n x width x channels`` uint8 (``bit_depth`` 8) or uint16
+    (16) rows, top to bottom; they go to the file at once (`PngStream`), so the image is never
+    held whole. The file appears under ``path`` only when all ``height`` rows came and the
+    block ended without an exception (`atomic_file`). ``path`` is checked first, as
+    `write_image` does (existing file, input files in ``protect``, size). A failing disk write
+    is an ImageWriteError; any other exception in the block passes on unchanged.
+    """
+    out = Path(path)
+    if output_format(out) != "PNG":
+        raise OptionError(f"{out}: rows can only be streamed to a .png file")
+    check_output_path(out, overwrite=overwrite, protect=protect)
+    check_output_size(out, width, height)
+    with atomic_file(out, overwrite=overwrite) as f:
+        stream = PngStream(f, width, height, channels, bit_depth, icc_profile)
+
+        def write(rows: np.ndarray) -> None:
+            try:
+                stream.write_rows(rows)
+            except OSError as e:
+                raise ImageWriteError(f"{out}: cannot write ({e.strerror or e})") from e
+
+        yield write
+        try:
+            stream.close()
+        except OSError as e:
+            raise ImageWriteError(f"{out}: cannot write ({e.strerror or e})") from e
 
 
 def _fitting_icc(icc: bytes | None, grayscale: bool) -> bytes | None:

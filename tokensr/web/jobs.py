@@ -250,13 +250,27 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+class _ImageProgress:
+    """The tiles (or a method's own steps) of image ``index`` (of ``count``) as a share of the
+    whole job: a tiling ``progress(done, total)`` callable. Like the CLI's bar it says what it
+    counts: "tile", until `StepProgress` calls `set_unit` for a method that reports its steps
+    (RealSRT's token windows)."""
+
+    def __init__(self, report: Progress, index: int, count: int, where: str) -> None:
+        self.report, self.index, self.count, self.where = report, index, count, where
+        self.unit = "tile"
+
+    def set_unit(self, unit: str) -> None:
+        self.unit = unit
+
+    def __call__(self, done: int, total: int) -> None:
+        share = (self.index + done / max(total, 1)) / self.count
+        self.report(share, f"{self.where}: {self.unit} {done}/{total}")
+
+
 def _tile_progress(report: Progress, index: int, count: int, where: str) -> TileProgress:
-    """The tiles of image ``index`` (of ``count``) as a share of the whole job."""
-
-    def tiles(done: int, total: int) -> None:
-        report((index + done / max(total, 1)) / count, f"{where}: tile {done}/{total}")
-
-    return tiles
+    """The progress callable for image ``index`` (of ``count``) of a job."""
+    return _ImageProgress(report, index, count, where)
 
 
 def _pil8(image: PixelImage) -> Image.Image:

@@ -9,7 +9,9 @@ Two ways to run the patch-sized transformers over an LR image of any size (``agg
   (its encoder once over the whole image); the whole token map is decoded once (in large
   tiles for big images) and colour-corrected towards the whole LR image. No two windows'
   textures are averaged, and the decoder's receptive field spans window borders, so there
-  are no seams.
+  are no seams. A caller's :attr:`RealSRTMethod.progress_hook` ``(done, total)`` hears of each
+  batch of windows generated, of CCM windows fused and of each decoder tile decoded
+  (``tokensr.inference.progress``), so one image shows progress on its own.
 - ``pixels`` (the paper's sec. 3.4): the image is cut into overlapping LR patches, each patch
   is upsampled, tokenised, generated, decoded (through the CCM when present) and
   colour-corrected towards its LR patch, and the patches are blended with Gaussian weights
@@ -52,6 +54,7 @@ import torch
 from tokensr.errors import OptionError
 from tokensr.inference.colorfix import COLOR_FIXES, DEFAULT_WAVELET_LEVELS, color_fix
 from tokensr.inference.patches import aggregate_patches, reflect_pad
+from tokensr.inference.progress import Progress
 from tokensr.inference.token_windows import WindowGrid
 from tokensr.methods.loading import (
     as_bool,
@@ -70,9 +73,10 @@ log = logging.getLogger(__name__)
 
 # bundled default per scale (trained by the lead; see docs/realsrt.md)
 DEFAULT_WEIGHTS: dict[int, str] = {4: "realsrt-small-x4", 2: "realsrt-small-x2"}
-# colour correction of each decoded patch towards its LR patch: the paper's 'adain', or
-# 'wavelet' (the LR's low frequencies with the model's detail), chosen on set14_realesrgan_x4
-# for the bundled weights (docs/realsrt.md)
+# colour correction towards the LR input: the paper's 'adain', or 'wavelet' (the LR's low
+# frequencies with the model's detail), chosen for the bundled weights (docs/realsrt.md). With
+# aggregate='pixels' it corrects each decoded patch towards its LR patch, as the paper does;
+# with 'tokens' (the default) it runs once on the decoded image (per tile) against the LR
 DEFAULT_COLOR_FIX = "wavelet"
 # wavelet levels per scale; none measured better than the fix's 5 (2..5 at x4, docs/realsrt.md)
 COLOR_LEVELS: dict[int, int] = {}
@@ -138,7 +142,12 @@ class RealSRTMethod:
         self.var = var
         self.aggregate = aggregate
         self.figure_name: str | None = None  # set by a caller to name the next step figure
+        # progress_hook(done, total): set by a caller (tiling does) to hear of each token window
+        # generated, each CCM window fused and each decoder tile decoded (aggregate=tokens)
+        self.progress_hook: Progress | None = None
         self._figures = 0
+        self._done = 0
+        self._total = 0
 
     @property
     def device(self) -> torch.device:
@@ -244,6 +253,8 @@ class RealSRTMethod:
         tokens = [torch.zeros(b, rows, cols, dtype=torch.long, device=lr.device) for _ in range(t_out)]
         confs = [torch.ones(b, rows, cols, device=lr.device) for _ in range(t_out)]
         jobs = [(k, top, left, part) for k in range(b) for top, left, part in grid.parts]
+        decode_steps = (len(grid.parts) if self.use_ccm else 0) + _decode_tiles(rows, cols)
+        self._start_progress(len(jobs) + t_out * b * decode_steps)
         rng = self._rng()
         for n in range(0, len(jobs), self.batch):
             chunk = jobs[n : n + self.batch]
@@ -258,6 +269,7 @@ class RealSRTMethod:
                 for t, step in enumerate(picks):
                     tokens[t][k, gr, gc] = step.tokens[i].view(window, window)[wr, wc]
                     confs[t][k, gr, gc] = step.confidence[i].view(window, window)[wr, wc].float()
+            self._advance(len(chunk))
         images = []
         for ids in tokens:
             img = self._decode_map(ids, cond.lr_up, grid)
@@ -291,6 +303,7 @@ class RealSRTMethod:
                     out = ccm.fuse(hw, cw)
                     for (_, _, (gr, gc, wr, wc)), o in zip(chunk, out, strict=False):
                         fused[k, :, gr, gc] = o[:, wr, wc]
+                    self._advance(len(chunk))
             h = fused
         f = tok.factor
         rows, cols = ids.shape[-2:]
@@ -304,7 +317,18 @@ class RealSRTMethod:
                 out[..., r * f : rr * f, c * f : cc * f] = dec[
                     ..., (r - r0) * f : (rr - r0) * f, (c - c0) * f : (cc - c0) * f
                 ]
+                self._advance(ids.shape[0])
         return tok.from_net(out).clamp(0, 1)
+
+    # --- progress (aggregate=tokens) -------------------------------------------------------------
+    def _start_progress(self, total: int) -> None:
+        self._done, self._total = 0, total
+
+    def _advance(self, n: int) -> None:
+        """``n`` more steps (windows, or decoder tiles times images) are done; tell the hook."""
+        self._done += n
+        if self.progress_hook is not None and self._total > 0:
+            self.progress_hook(min(self._done, self._total), self._total)
 
     def _figure_path(self, index: int = 0) -> Path:
         """Where the next figure goes (``index``: position in the batch, for named figures)."""
@@ -322,6 +346,11 @@ class RealSRTMethod:
     ) -> None:
         path = save_step_figure(self._figure_path(index), lr, images, confs)
         log.info("wrote step figure %s", path)
+
+
+def _decode_tiles(rows: int, cols: int) -> int:
+    """How many decoder tiles `RealSRTMethod._decode_map` runs for a ``rows x cols`` token map."""
+    return -(-rows // DECODE_TILE) * -(-cols // DECODE_TILE)
 
 
 # --- factory ---------------------------------------------------------------------------------
