@@ -232,3 +232,42 @@ def test_feature_matching_loss() -> None:
     assert fake.grad is not None and fake.grad.abs().sum() > 0
     with pytest.raises(ValueError):
         L.feature_matching_loss(fake_feats[:2], real_feats)
+
+
+def test_local_variance_by_hand() -> None:
+    x = torch.zeros(1, 1, 9, 9)
+    assert torch.equal(L.local_variance(x, 3), torch.zeros_like(x))
+    x[0, 0, 4, 4] = 3.0  # one bright pixel: its 3x3 neighbours see mean 1/3, mean square 1
+    v = L.local_variance(x, 3)
+    assert float(v[0, 0, 4, 4]) == pytest.approx(1.0 - 1.0 / 9.0, rel=1e-5)
+    assert float(v[0, 0, 0, 0]) == 0.0  # far from it
+
+
+def test_artifact_weights_keep_only_noisy_errors_worse_than_the_reference() -> None:
+    """LDL: the weight is zero where the output beats its slow reference, and grows with
+    how noisy (locally varying) the output's error is."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.full((1, 3, 16, 16), 0.5)
+    ref = target + 0.05  # a smooth, uniform error everywhere
+    out = target.clone()
+    out[..., :8] += 0.3 * torch.randn(1, 3, 16, 8, generator=g)  # noisy errors on the left
+    w = L.artifact_weights(out, ref, target)
+    assert w.shape == (1, 1, 16, 16) and not w.requires_grad
+    assert float(w[..., 10:].abs().max()) == 0.0  # right half: out is exact, better than ref
+    assert float(w[..., :6].mean()) > 0.0
+    # an error the reference makes as well is not an artefact of the model being trained
+    smooth = L.artifact_weights(target + 0.3, target + 0.3, target)
+    assert float(smooth.max()) == 0.0  # equal to its reference: nothing to suppress
+
+
+def test_artifact_loss_pulls_artifacts_towards_the_target() -> None:
+    g = torch.Generator().manual_seed(1)
+    target = torch.rand(2, 3, 16, 16, generator=g)
+    ref = target.clone()
+    out = (target + 0.3 * torch.randn(target.shape, generator=g)).requires_grad_(True)
+    loss = L.artifact_loss(out, ref, target)
+    loss.backward()
+    assert float(loss.detach()) > 0 and out.grad is not None
+    with torch.no_grad():  # a step against the gradient lowers the error where weighted
+        stepped = out - 10.0 * out.grad
+        assert float(L.artifact_loss(stepped, ref, target)) < float(loss)

@@ -274,3 +274,29 @@ def test_configs_load_and_use_known_keys(size: str) -> None:
         assert cls.__name__ == {"generator": "GeneratorTask", "critic": "CriticTask", "ccm": "CCMTask"}[stage]
         assert set(cfg.task_config) <= {"data", "val", *cls.keys}, stage
         assert set(cfg.engine.optim) == ({"g", "d"} if stage == "ccm" else {"g"})
+
+
+def test_ccm_artifact_term_keeps_a_slow_reference(generator_folder: Path) -> None:
+    task = CCMTask(
+        {
+            "init": str(generator_folder),
+            "tokens": "gt",
+            "losses": {"perceptual": 0, "gan": 0, "artifacts": 1.0, "artifacts_ema": 0.5},
+        },
+        "cpu",
+    )
+    assert task.ccm_ref is not None and "ccm_ref" in task.modules()
+    assert "ccm_ref" not in task.ema_modules()  # the engine's EMA only tracks what is trained
+    assert not any(p.requires_grad for p in task.ccm_ref.parameters())
+    with torch.no_grad():
+        for p in task.ccm.parameters():
+            p.add_(0.1)
+    before = [p.clone() for p in task.ccm_ref.parameters()]
+    losses, logs = task.losses(tiny_batch(2), step=0)
+    assert "artifacts" in logs and torch.isfinite(losses["g"])
+    for b, r, p in zip(before, task.ccm_ref.parameters(), task.ccm.parameters(), strict=True):
+        assert torch.allclose(r, 0.5 * b + 0.5 * p)  # one EMA step with decay 0.5
+    losses["g"].backward()
+    assert task.ccm.zero_conv.weight.grad is not None
+    plain = CCMTask({"init": str(generator_folder), "tokens": "gt", "losses": {"perceptual": 0, "gan": 0}}, "cpu")
+    assert plain.ccm_ref is None and "ccm_ref" not in plain.modules()

@@ -236,6 +236,39 @@ def build_perceptual(
 
 
 # --- GAN ----------------------------------------------------------------------------------------
+def local_variance(x: torch.Tensor, kernel: int = 7) -> torch.Tensor:
+    """Variance of ``x`` ``[B, C, H, W]`` over a ``kernel`` x ``kernel`` window around each pixel
+    (reflect padding), as ``E[x^2] - E[x]^2``."""
+    pad = kernel // 2
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    mean = F.avg_pool2d(padded, kernel, stride=1)
+    mean_sq = F.avg_pool2d(padded * padded, kernel, stride=1)
+    return (mean_sq - mean * mean).clamp(min=0)
+
+
+def artifact_weights(out: torch.Tensor, ref: torch.Tensor, target: torch.Tensor, kernel: int = 7) -> torch.Tensor:
+    """Where a GAN output ``out`` looks like an artefact (LDL, Liang et al., CVPR 2022), as a
+    per-pixel weight ``[B, 1, H, W]`` without gradient.
+
+    The residual ``|target - out|`` (summed over channels) is weighted by its local variance
+    (artefacts are noisy, textured errors) and by the image's whole residual variance to the
+    power 1/5; pixels where ``out`` is closer to the target than the slowly moving reference
+    ``ref`` (an EMA of the model) get weight 0, since those are details, not artefacts.
+    """
+    with torch.no_grad():
+        res = (target - out).abs().sum(1, keepdim=True)
+        res_ref = (target - ref).abs().sum(1, keepdim=True)
+        image_level = res.var(dim=(1, 2, 3), keepdim=True) ** 0.2
+        weight = image_level * local_variance(res, kernel)
+        return torch.where(res < res_ref, torch.zeros_like(weight), weight)
+
+
+def artifact_loss(out: torch.Tensor, ref: torch.Tensor, target: torch.Tensor, kernel: int = 7) -> torch.Tensor:
+    """LDL's artefact term: L1 between ``out`` and ``target`` under :func:`artifact_weights`."""
+    w = artifact_weights(out, ref, target, kernel)
+    return F.l1_loss(w * out, w * target)
+
+
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Discriminator hinge loss ``0.5 * (mean relu(1 - D(real)) + mean relu(1 + D(fake)))``."""
     return 0.5 * (F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean())
@@ -455,6 +488,8 @@ __all__ = [
     "MSSSIMLoss",
     "PerceptualLoss",
     "adaptive_gan_weight",
+    "artifact_loss",
+    "artifact_weights",
     "build_perceptual",
     "codebook_loss",
     "feature_matching_loss",
@@ -462,6 +497,7 @@ __all__ = [
     "hinge_g_loss",
     "l1_loss",
     "l2_loss",
+    "local_variance",
     "ms_ssim",
     "ms_ssim_levels",
     "psnr",

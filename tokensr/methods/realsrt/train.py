@@ -50,6 +50,7 @@ used instead, with a warning.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -82,6 +83,10 @@ CCM_LOSS_DEFAULTS: dict[str, Any] = {
     "disc_start": 2000,
     "adaptive": True,
     "max_gan_weight": 1e4,
+    # LDL's artefact term (Liang et al. 2022, as Real-ESRGAN's later recipes use): L1 where the
+    # CCM's output is noisier and worse than a slow EMA copy of the CCM's. Not in the paper.
+    "artifacts": 0.0,
+    "artifacts_ema": 0.999,
 }
 
 
@@ -351,6 +356,11 @@ class CCMTask(_Stage):
         self.loss_weights = self.read_losses(CCM_LOSS_DEFAULTS)
         perceptual = self._perceptual() if self.loss_weights["perceptual"] > 0 else None
         self.loss = self.image_loss(self.loss_weights, input_range=(0.0, 1.0), perceptual=perceptual)
+        # the slow reference of the artefact term: a frozen copy of the CCM, moved towards it
+        # after every step (a module of the task, so checkpoints carry it and resume is exact)
+        self.ccm_ref: nn.Module | None = None
+        if float(self.loss_weights["artifacts"]) > 0:
+            self.ccm_ref = copy.deepcopy(self.ccm).requires_grad_(False).eval()
 
     def _perceptual(self) -> nn.Module | None:
         """VGG19 when its file is found; else the ``substitute`` weights move onto L1 and MS-SSIM."""
@@ -381,7 +391,28 @@ class CCMTask(_Stage):
             mods["critic"] = self.model.critic
         if self.discriminator is not None:
             mods["discriminator"] = self.discriminator
+        ref = getattr(self, "ccm_ref", None)  # set after the base class's __init__
+        if ref is not None:
+            mods["ccm_ref"] = ref
         return mods
+
+    def ema_modules(self) -> list[str]:
+        return [name for name in self.modules() if name != "ccm_ref"]
+
+    @torch.no_grad()
+    def _reference_output(self, ids: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """The artefact term's reference: the decoder steered by the slow CCM copy, after moving
+        that copy one EMA step towards the CCM being trained."""
+        assert self.ccm_ref is not None
+        decay = float(self.loss_weights["artifacts_ema"])
+        for p_ref, p in zip(self.ccm_ref.parameters(), self.ccm.parameters(), strict=True):
+            p_ref.lerp_(p.detach(), 1.0 - decay)
+        trained = self.model.ccm
+        self.model.ccm = self.ccm_ref  # type: ignore[assignment]
+        try:
+            return self.model.decode(ids, cond.hw, cond.lr_up, clamp=False)
+        finally:
+            self.model.ccm = trained
 
     def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
         groups = super().param_groups()
@@ -404,7 +435,12 @@ class CCMTask(_Stage):
         # stop the gradient wherever the CCM overshoots [0, 1]
         out = self.model.decode(ids, cond.hw, cond.lr_up, clamp=False)
         terms = self.loss(out, hr, step, last_layer=self.ccm.last_layer, sample_weight=sample_weight)
-        return terms.per_optimizer(), {**terms.logs, "psnr": L.psnr(out.clamp(0, 1), hr)}
+        logs = {**terms.logs, "psnr": L.psnr(out.clamp(0, 1), hr)}
+        if self.ccm_ref is None:
+            return terms.per_optimizer(), logs
+        artifacts = L.artifact_loss(out, self._reference_output(ids, cond), hr)
+        logs["artifacts"] = artifacts.item()
+        return terms.per_optimizer(terms.g + float(self.loss_weights["artifacts"]) * artifacts), logs
 
     def evaluate(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         hr, lr = batch["hr"], batch["lr"]
