@@ -28,8 +28,8 @@ test: $(STAMP)
 # ruff lint, ruff format or mypy finding; LINT_STRICT=0 only reports the findings.
 LINT_STRICT ?= 1
 lint: $(STAMP)
-	$(PY) -m ruff check tokensr tests || test "$(LINT_STRICT)" = 0
-	$(PY) -m ruff format --check tokensr tests || test "$(LINT_STRICT)" = 0
+	$(PY) -m ruff check tokensr tests benchmarks || test "$(LINT_STRICT)" = 0
+	$(PY) -m ruff format --check tokensr tests benchmarks || test "$(LINT_STRICT)" = 0
 	$(PY) -m mypy || test "$(LINT_STRICT)" = 0
 
 clean:

@@ -8,6 +8,7 @@ Run::
     PYTHONPATH=. python benchmarks/crop_pairs.py ../shared/data/eval/set14_realesrgan_x4 \\
         runs/set14_x4_lrcrop64 --size 64 --scale 4
 """
+
 from __future__ import annotations
 
 import argparse

@@ -11,6 +11,7 @@ synthetic 512x512 images written to a temporary folder.
 
 Run: ``PYTHONPATH=. python benchmarks/degradation_speed.py [--items 96] [--workers 0 1 2]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,14 @@ def synthetic_folder(root: Path, n: int = 12, size: int = 512) -> Path:
 def loader_rate(ds: HRCropDataset, workers: int, batch: int, warm_epochs: int = 0) -> float:
     """Pairs/s of one pass over ``ds``; with ``warm_epochs`` the workers (persistent) first run
     that many untimed epochs, so an LRU that holds every image serves decoded images."""
-    dl = DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False,
-                    persistent_workers=bool(workers and warm_epochs), prefetch_factor=4 if workers else None)
+    dl = DataLoader(
+        ds,
+        batch_size=batch,
+        num_workers=workers,
+        shuffle=False,
+        persistent_workers=bool(workers and warm_epochs),
+        prefetch_factor=4 if workers else None,
+    )
     for _ in range(warm_epochs):
         for _b in dl:
             pass
@@ -73,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.TemporaryDirectory()
     hr_dir = Path(args.hr_dir) if args.hr_dir else synthetic_folder(Path(tmp.name))
     files = list_images(hr_dir)
-    print(f"HR: {hr_dir} ({len(files)} images); crop {args.crop}, x{args.scale}; "
-          f"cores {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}")
+    print(
+        f"HR: {hr_dir} ({len(files)} images); crop {args.crop}, x{args.scale}; "
+        f"cores {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}"
+    )
 
     # pieces, single process
     t0 = time.perf_counter()
@@ -102,27 +111,56 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.pipelines:
         for w in args.workers:
-            ds = HRCropDataset(hr_dir, crop_size=args.crop, scale=args.scale, degradation=name, seed=0,
-                               length=args.items + args.batch, cache_images=8)
+            ds = HRCropDataset(
+                hr_dir,
+                crop_size=args.crop,
+                scale=args.scale,
+                degradation=name,
+                seed=0,
+                length=args.items + args.batch,
+                cache_images=8,
+            )
             r = loader_rate(ds, w, args.batch)
             rows.append((name, w, r))
             print(f"{name:<13}{w:>8}{8:>6}{r:>10.1f}", flush=True)
     n_img = min(len(files), args.items + args.batch)
     for name in args.pipelines:
         for w in [w for w in args.workers if w]:
-            ds = HRCropDataset(hr_dir, crop_size=args.crop, scale=args.scale, degradation=name, seed=0,
-                               length=args.items + args.batch, cache_images=n_img)
+            ds = HRCropDataset(
+                hr_dir,
+                crop_size=args.crop,
+                scale=args.scale,
+                degradation=name,
+                seed=0,
+                length=args.items + args.batch,
+                cache_images=n_img,
+            )
             r = loader_rate(ds, w, args.batch, warm_epochs=1)
             print(f"{name:<13}{w:>8}{n_img:>6}{r:>10.1f}   (warm: every image already decoded)", flush=True)
-    ds = HRCropDataset(hr_dir, crop_size=args.crop, scale=args.scale, degradation=args.pipelines[0],
-                       length=args.items + args.batch, cache_images=0)
+    ds = HRCropDataset(
+        hr_dir,
+        crop_size=args.crop,
+        scale=args.scale,
+        degradation=args.pipelines[0],
+        length=args.items + args.batch,
+        cache_images=0,
+    )
     print(f"{args.pipelines[0]:<13}{0:>8}{0:>6}{loader_rate(ds, 0, args.batch):>10.1f}   (decode every item)")
     with tempfile.TemporaryDirectory() as cache:
-        ds = HRCropDataset(hr_dir, crop_size=args.crop, scale=args.scale, degradation=args.pipelines[0],
-                           length=args.items + args.batch, cache_dir=cache)
+        ds = HRCropDataset(
+            hr_dir,
+            crop_size=args.crop,
+            scale=args.scale,
+            degradation=args.pipelines[0],
+            length=args.items + args.batch,
+            cache_dir=cache,
+        )
         for i in range(len(ds)):
             ds[i]
-        print(f"{args.pipelines[0]:<13}{0:>8}{'-':>6}{loader_rate(ds, 0, args.batch):>10.1f}   (prebuilt pairs, cache_dir)")
+        print(
+            f"{args.pipelines[0]:<13}{0:>8}{'-':>6}{loader_rate(ds, 0, args.batch):>10.1f}"
+            "   (prebuilt pairs, cache_dir)"
+        )
     tmp.cleanup()
     return 0
 

@@ -13,6 +13,7 @@ functions). Upsampling is MATLAB-style bicubic, identical for both sets.
 
 Run: ``PYTHONPATH=. python benchmarks/degradation_stats.py [--seeds 10] [--eval-dir DIR]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -73,8 +74,9 @@ def load_niqe() -> tuple[Callable[[np.ndarray], float], str]:
 def measure(hr8: np.ndarray, lr8: np.ndarray, niqe: Callable[[np.ndarray], float] | None) -> dict[str, float]:
     h, w = hr8.shape[:2]
     up = upsample(lr8, (h, w))
-    area = ops.to_uint8(cv2.resize(hr8.astype(np.float32) / 255.0, (w // SCALE, h // SCALE),
-                                   interpolation=cv2.INTER_AREA))
+    area = ops.to_uint8(
+        cv2.resize(hr8.astype(np.float32) / 255.0, (w // SCALE, h // SCALE), interpolation=cv2.INTER_AREA)
+    )
     out = {"psnr_up_y": psnr_y(up, hr8), "psnr_lr_vs_area": psnr_rgb(lr8, area)}
     if niqe is not None:
         out["niqe_up"] = niqe(up)
@@ -135,8 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     ok_niqe = "niqe_up" not in ours or abs(ours["niqe_up"] - ref_mean["niqe_up"]) <= 0.5
     print(f"within 1.0 dB PSNR: {ok_psnr}; within 0.5 NIQE: {ok_niqe if 'niqe_up' in ours else 'n/a'}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"ours": ours, "seed_std": spread, "reference": ref_mean,
-                                               "per_seed": per_seed, "niqe": niqe_name}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {"ours": ours, "seed_std": spread, "reference": ref_mean, "per_seed": per_seed, "niqe": niqe_name},
+                indent=2,
+            )
+            + "\n"
+        )
     return 0 if ok_psnr and ok_niqe else 1
 
 

@@ -24,6 +24,7 @@ Run::
 ``--color-fix none`` sweeps the raw output: with the default wavelet fix the PSNR column mostly
 shows the fix, which takes the coarse image from the LR whatever alpha is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,9 @@ def _cell(value: float, fmt: str) -> str:
     return "n/a" if not math.isfinite(value) else format(value, fmt)
 
 
-def sweep(method: Any, pairs: list[Path], alphas: list[float], crop: int | None, max_images: int | None,
-          device: str) -> tuple[list[Row], int]:
+def sweep(
+    method: Any, pairs: list[Path], alphas: list[float], crop: int | None, max_images: int | None, device: str
+) -> tuple[list[Row], int]:
     """Upscale every pair once per alpha; returns the rows and the number of images."""
     from tokensr.bench.datasets import load_dataset
     from tokensr.bench.runner import load_pair
@@ -135,8 +137,14 @@ def markdown(rows: list[Row], default_alpha: float | None = None) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         mark = " (default)" if default_alpha is not None and math.isclose(r.alpha, default_alpha) else ""
-        cells = [f"{r.alpha:.2f}{mark}", _cell(_mean(r.psnr), ".2f"), _cell(_mean(r.niqe), ".3f"),
-                 _cell(_mean(r.steps), ".2f"), _cell(_mean(r.good), ".1f"), _cell(_mean(r.seconds), ".2f")]
+        cells = [
+            f"{r.alpha:.2f}{mark}",
+            _cell(_mean(r.psnr), ".2f"),
+            _cell(_mean(r.niqe), ".3f"),
+            _cell(_mean(r.steps), ".2f"),
+            _cell(_mean(r.good), ".1f"),
+            _cell(_mean(r.seconds), ".2f"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -150,16 +158,31 @@ def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--weights", required=True, help="ITER weights folder (or bundled name)")
     ap.add_argument("--pairs", nargs="+", required=True, type=Path, help="folders with hr/ and lr/")
-    ap.add_argument("--alphas", type=parse_alphas, default=list(DEFAULT_ALPHAS),
-                    help="comma list or START:STOP:STEP (default 0:1:0.1)")
+    ap.add_argument(
+        "--alphas",
+        type=parse_alphas,
+        default=list(DEFAULT_ALPHAS),
+        help="comma list or START:STOP:STEP (default 0:1:0.1)",
+    )
     ap.add_argument("--steps", type=int, default=None, help="T (default: the model's)")
     ap.add_argument("--crop", type=int, default=None, metavar="N", help="score centre crops of at most N x N LR px")
     ap.add_argument("--max-images", type=int, default=None)
-    ap.add_argument("--tile", type=int, default=None, help="LR tile side (default: the method's automatic rule; 0 = off)")
-    ap.add_argument("--color-levels", type=int, default=None, metavar="N",
-                    help="wavelet levels of the colour fix (default: the method's)")
-    ap.add_argument("--color-fix", default=None, metavar="KIND",
-                    help="colour fix (default: the method's; 'none' shows what ITER itself does)")
+    ap.add_argument(
+        "--tile", type=int, default=None, help="LR tile side (default: the method's automatic rule; 0 = off)"
+    )
+    ap.add_argument(
+        "--color-levels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="wavelet levels of the colour fix (default: the method's)",
+    )
+    ap.add_argument(
+        "--color-fix",
+        default=None,
+        metavar="KIND",
+        help="colour fix (default: the method's; 'none' shows what ITER itself does)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     args = ap.parse_args(argv)
@@ -189,14 +212,19 @@ def _main(argv: list[str] | None) -> int:
         print(f"iter_alpha_sweep: error: {e}", file=sys.stderr)
         return 2
     for r in rows:
-        print(f"alpha {r.alpha:.2f}: PSNR-Y {_mean(r.psnr):.3f}, NIQE {_mean(r.niqe):.3f}, "
-              f"steps {_mean(r.steps):.2f}", file=sys.stderr)
+        print(
+            f"alpha {r.alpha:.2f}: PSNR-Y {_mean(r.psnr):.3f}, NIQE {_mean(r.niqe):.3f}, steps {_mean(r.steps):.2f}",
+            file=sys.stderr,
+        )
     cfg = method.model.config
     crop = f", centre crops of at most {args.crop}x{args.crop} LR px" if args.crop else ", whole images"
-    note = (f"\nModel: {args.weights} (x{method.scale}, T = {method.steps}, {cfg.schedule} schedule, deterministic "
-            f"sampler; default alpha {cfg.alpha}; colour fix {method.color}, {method.color_levels} wavelet levels). Data: {', '.join(p.name for p in args.pairs)}, "
-            f"{images} images{crop}. PSNR on the Y channel with a border of the scale; NIQE of the outputs "
-            f"(n/a: smaller than two 96x96 blocks); means over images.\n")
+    note = (
+        f"\nModel: {args.weights} (x{method.scale}, T = {method.steps}, {cfg.schedule} schedule, deterministic "
+        f"sampler; default alpha {cfg.alpha}; colour fix {method.color}, {method.color_levels} wavelet levels). "
+        f"Data: {', '.join(p.name for p in args.pairs)}, "
+        f"{images} images{crop}. PSNR on the Y channel with a border of the scale; NIQE of the outputs "
+        f"(n/a: smaller than two 96x96 blocks); means over images.\n"
+    )
     table = markdown(rows, cfg.alpha)
     print(table + note)
     if args.out is not None:

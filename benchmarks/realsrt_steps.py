@@ -18,6 +18,7 @@ Run::
         --data ../shared/data/eval/set14_realesrgan_x4 ../shared/data/eval/realset65 --lr-crop 128 \\
         --out docs/realsrt_steps.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,9 +107,17 @@ def main(argv: list[str] | None = None) -> int:
             raise TokensrError(f"{args.weights} holds a {kind} model, not a realsrt model")
         grid = variants(str(args.weights), args.steps, confidences, args.no_ccm_steps or args.steps)
         scale = int(config.get("scale", 4))
-        cfg = BenchConfig(methods=[parse_method(g["spec"]) for g in grid], data=list(args.data), out=args.work,
-                          scale=scale, device=args.device, max_images=args.max_images, lr_crop=args.lr_crop,
-                          figures=0, progress=False)
+        cfg = BenchConfig(
+            methods=[parse_method(g["spec"]) for g in grid],
+            data=list(args.data),
+            out=args.work,
+            scale=scale,
+            device=args.device,
+            max_images=args.max_images,
+            lr_crop=args.lr_crop,
+            figures=0,
+            progress=False,
+        )
         with torch.no_grad():
             result = run_bench(cfg)
         # keyed as the bench names its rows (the resolved folder name)
@@ -118,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = table(grid, result.summary, paired)
     crop = f"; LR-only sets centre-cropped to {args.lr_crop}x{args.lr_crop} LR px" if args.lr_crop else ""
-    note = (f"\nModel: {args.weights} (x{scale}). Data: {', '.join(p.name for p in args.data)}{crop}. "
-            "PSNR-Y / SSIM-Y on the MATLAB Y channel with a border of the scale, NIQE of the outputs; means "
-            "over images; s/MP = seconds per output megapixel on this machine. Each row is one "
-            "`tokensr bench` method spec (`realsrt:steps=T:confidence=C:ccm=B`), per-image rows in "
-            f"{args.work}/results.csv.\n")
+    note = (
+        f"\nModel: {args.weights} (x{scale}). Data: {', '.join(p.name for p in args.data)}{crop}. "
+        "PSNR-Y / SSIM-Y on the MATLAB Y channel with a border of the scale, NIQE of the outputs; means "
+        "over images; s/MP = seconds per output megapixel on this machine. Each row is one "
+        "`tokensr bench` method spec (`realsrt:steps=T:confidence=C:ccm=B`), per-image rows in "
+        f"{args.work}/results.csv.\n"
+    )
     print(text + note)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

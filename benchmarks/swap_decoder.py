@@ -10,6 +10,7 @@ then mean something else.
 
     PYTHONPATH=. python benchmarks/swap_decoder.py tokensr/weights/realsrt-small-x4 runs/vq/export OUT [--fp16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,15 @@ def swap_decoder(method: Path, vqgan: Path, out: Path, fp16: bool = True) -> int
         if mine is None:
             raise SystemExit(f"swap_decoder: error: {method} has no tensor {PREFIX + key}: not the same tokenizer")
         if mine.shape != value.shape:
-            raise SystemExit(f"swap_decoder: error: {PREFIX + key} is {tuple(mine.shape)} in {method}, "
-                             f"{tuple(value.shape)} in {vqgan}")
+            raise SystemExit(
+                f"swap_decoder: error: {PREFIX + key} is {tuple(mine.shape)} in {method}, "
+                f"{tuple(value.shape)} in {vqgan}"
+            )
         if not key.startswith(SWAPPED) and not torch.allclose(mine.float(), value.float(), atol=1e-3, rtol=1e-2):
-            raise SystemExit(f"swap_decoder: error: {key} differs between {method} and {vqgan}: "
-                             "only the decoder may change, or the method's tokens change meaning")
+            raise SystemExit(
+                f"swap_decoder: error: {key} differs between {method} and {vqgan}: "
+                "only the decoder may change, or the method's tokens change meaning"
+            )
     replaced = 0
     for key, value in new.items():
         if key.startswith(SWAPPED):

@@ -6,6 +6,7 @@ fp32 and fp16 weights (to decide how to ship them).
 
     python benchmarks/tokenizer_eval.py WEIGHTS [--data ../shared/data/eval/set14] [--out FILE.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def evaluate(model: VQGAN, files: list[Path]) -> tuple[list[tuple[str, float, fl
         h, w = hr.shape[-2:]
         pad = torch.nn.functional.pad(hr * 2 - 1, (0, (-w) % f_, 0, (-h) % f_), mode="replicate")
         used[model.encode(pad).indices.flatten()] = True
-        rows.append((f.stem, psnr(rec, gt, 0, y_channel=False), psnr(rec, gt, 0), ssim(rec, gt, 0),
-                     niqe(rec), niqe(gt)))
+        rows.append(
+            (f.stem, psnr(rec, gt, 0, y_channel=False), psnr(rec, gt, 0), ssim(rec, gt, 0), niqe(rec), niqe(gt))
+        )
     return rows, float(used.float().mean())
 
 
@@ -52,14 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     half = VQGAN.from_pretrained(args.weights)
     half.load_state_dict({k: (v.half().float() if v.is_floating_point() else v) for k, v in model.state_dict().items()})
     rows16, usage16 = evaluate(half, files)
-    lines = [f"Tokenizer `{args.weights}` on `{args.data}` ({len(files)} images)", "",
-             "| image | PSNR-RGB | PSNR-Y | SSIM-Y | NIQE | NIQE of the original |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Tokenizer `{args.weights}` on `{args.data}` ({len(files)} images)",
+        "",
+        "| image | PSNR-RGB | PSNR-Y | SSIM-Y | NIQE | NIQE of the original |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     lines += [f"| {n} | {a:.2f} | {b:.2f} | {c:.4f} | {d:.2f} | {e:.2f} |" for n, a, b, c, d, e in rows]
     m = np.mean([r[1:] for r in rows], axis=0)
     m16 = np.mean([r[1:] for r in rows16], axis=0)
-    lines += [f"| **mean** | **{m[0]:.2f}** | **{m[1]:.2f}** | **{m[2]:.4f}** | **{m[3]:.2f}** | {m[4]:.2f} |", "",
-              f"Codebook usage over the set: {usage:.1%} of {model.config.codebook_size} codes.",
-              f"fp16 weights: mean PSNR-RGB {m16[0]:.2f} (fp32 {m[0]:.2f}), usage {usage16:.1%}."]
+    lines += [
+        f"| **mean** | **{m[0]:.2f}** | **{m[1]:.2f}** | **{m[2]:.4f}** | **{m[3]:.2f}** | {m[4]:.2f} |",
+        "",
+        f"Codebook usage over the set: {usage:.1%} of {model.config.codebook_size} codes.",
+        f"fp16 weights: mean PSNR-RGB {m16[0]:.2f} (fp32 {m[0]:.2f}), usage {usage16:.1%}.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

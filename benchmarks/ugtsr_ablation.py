@@ -16,6 +16,7 @@ Run::
         --pairs ../shared/data/eval/set14_realesrgan_x4 --lr-only ../shared/data/eval/realset65 \\
         --lr-crop 128 --out docs/ugtsr_ablation.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,9 @@ def _mean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
-def evaluate(method: Any, pairs: list[Path], lr_only: list[Path], lr_crop: int | None,
-             max_images: int | None, device: str) -> dict[str, float]:
+def evaluate(
+    method: Any, pairs: list[Path], lr_only: list[Path], lr_crop: int | None, max_images: int | None, device: str
+) -> dict[str, float]:
     from tokensr.data.datasets import PairedFolderDataset
     from tokensr.data.images import list_images, read_rgb
     from tokensr.errors import TokensrError
@@ -155,8 +157,10 @@ def _main(argv: list[str] | None) -> int:
         print(f"{label}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), file=sys.stderr)
     data = ", ".join([p.name for p in args.pairs] + [f"{p.name} (LR only)" for p in args.lr_only])
     table = markdown(rows, args.pairs, args.lr_only)
-    note = (f"\nData: {data}. PSNR/SSIM on the Y channel with a border of the scale; means over images. "
-            f"Colour fix: {args.color_fix or DEFAULT_COLOR_FIX}.\n")
+    note = (
+        f"\nData: {data}. PSNR/SSIM on the Y channel with a border of the scale; means over images. "
+        f"Colour fix: {args.color_fix or DEFAULT_COLOR_FIX}.\n"
+    )
     print(table + note)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

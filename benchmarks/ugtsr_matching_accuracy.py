@@ -19,13 +19,14 @@ Run::
 ``--weights`` takes folders or bundled names, optionally ``LABEL=``-prefixed. ``--top-k 1``
 also measures each model with plain nearest matching (its ``final`` column then equals top-1).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -51,8 +52,9 @@ def paired_folder(root: Path, scale: int, max_images: int | None) -> Iterator[tu
         yield item["name"], item["lr"], item["hr"]
 
 
-def synthetic_pairs(hr_dir: Path, scale: int, degradation: str, crop: int, seed: int,
-                    max_images: int | None) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+def synthetic_pairs(
+    hr_dir: Path, scale: int, degradation: str, crop: int, seed: int, max_images: int | None
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     from tokensr.data import build_degradation
     from tokensr.data.datasets import to_tensor
     from tokensr.data.images import list_images, read_rgb
@@ -77,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", nargs="+", required=True, metavar="[LABEL=]FOLDER", help="UGTSR folders or bundled names")
+    ap.add_argument(
+        "--weights", nargs="+", required=True, metavar="[LABEL=]FOLDER", help="UGTSR folders or bundled names"
+    )
     ap.add_argument("--pairs", nargs="*", default=[], type=Path, help="folders with hr/ and lr/ subfolders")
     ap.add_argument("--hr", nargs="*", default=[], type=Path, help="HR folders to degrade on the fly")
     ap.add_argument("--degradation", default="bsrgan", help="for --hr: bsrgan | realesrgan | bsrgan_plus")
@@ -100,9 +104,13 @@ def _main(argv: list[str] | None) -> int:
         model = UGTSR.from_pretrained(weights, device=args.device)
         sets: list[tuple[str, Iterator[tuple[str, torch.Tensor, torch.Tensor]]]] = []
         sets += [(p.name, paired_folder(p, model.scale, args.max_images)) for p in args.pairs]
-        sets += [(f"{p.name} ({args.degradation})",
-                  synthetic_pairs(p, model.scale, args.degradation, args.crop, args.seed, args.max_images))
-                 for p in args.hr]
+        sets += [
+            (
+                f"{p.name} ({args.degradation})",
+                synthetic_pairs(p, model.scale, args.degradation, args.crop, args.seed, args.max_images),
+            )
+            for p in args.hr
+        ]
         for set_name, pairs in sets:
             acc = MatchingAccuracy(ks)
             for _, lr, hr in pairs:

@@ -13,6 +13,7 @@ numbers recorded from another one.
     PYTHONPATH=. python benchmarks/val_split.py runs/val_split [--train ../shared/data/train]
         [--pipeline realesrgan] [--crop 384] [--seed 9000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,13 +45,30 @@ def main(argv: list[str] | None = None) -> int:
     train = Path(args.train)
     missing = [n for n in names if not (train / n).is_file()]
     if missing:
-        print(f"val_split: error: {len(missing)} listed photos are not in {train} (first: {missing[0]})", file=sys.stderr)
+        print(
+            f"val_split: error: {len(missing)} listed photos are not in {train} (first: {missing[0]})", file=sys.stderr
+        )
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:
             (Path(tmp) / n).symlink_to((train / n).resolve())
-        return tokensr_main(["degrade", tmp, args.out, "--pipeline", args.pipeline, "--scale", str(args.scale),
-                             "--crop", str(args.crop), "--seed", str(args.seed), "--overwrite", "-q"])
+        return tokensr_main(
+            [
+                "degrade",
+                tmp,
+                args.out,
+                "--pipeline",
+                args.pipeline,
+                "--scale",
+                str(args.scale),
+                "--crop",
+                str(args.crop),
+                "--seed",
+                str(args.seed),
+                "--overwrite",
+                "-q",
+            ]
+        )
 
 
 if __name__ == "__main__":
