@@ -88,6 +88,25 @@ def test_generator_mask_token_and_shapes() -> None:
     assert gen(ids, torch.randn(2, 12, 4), (3, 4)).shape == (2, 12, 10)
 
 
+def test_cached_context_keys_values_give_the_same_logits() -> None:
+    """Iterative decoding computes each block's cross-attention keys/values of the LR context
+    once (context_kv) and reuses them every step: exactly the logits of the plain context."""
+    torch.manual_seed(1)
+    cfg = TokenTransformerConfig(codebook_size=10, code_dim=4, dim=16, heads=2, dim_head=8, lr_depth=1, hr_depth=3)
+    gen = TokenTransformer(cfg)
+    gen.load_codebook(torch.randn(10, 4))
+    context = gen.encode_lr(torch.randint(0, 10, (2, 12)), (3, 4))
+    cached = gen.context_kv(context)
+    assert len(cached) == 3 and cached[0][0].shape == (2, 2, 1 + 12, 8)  # null key first
+    sel = torch.rand(2, 12) < 0.5
+    for _ in range(2):  # two "steps" on other canvases, the same cache
+        ids = torch.randint(0, 11, (2, 12))  # 10 = the mask id
+        assert torch.equal(gen.decode_hr(ids, cached, (3, 4)), gen.decode_hr(ids, context, (3, 4)))
+        assert torch.equal(gen.decode_hr(ids, cached, (3, 4), sel), gen.decode_hr(ids, context, (3, 4), sel))
+    other = gen.encode_lr(torch.randint(0, 10, (2, 12)), (3, 4))
+    assert not torch.equal(gen.decode_hr(ids, gen.context_kv(other), (3, 4)), gen.decode_hr(ids, cached, (3, 4)))
+
+
 def test_critic_has_one_logit_and_no_mask_token() -> None:
     cfg = TokenTransformerConfig(
         codebook_size=10, code_dim=4, dim=16, heads=2, dim_head=8, lr_depth=1, hr_depth=2, critic=True

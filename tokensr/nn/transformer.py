@@ -90,25 +90,33 @@ class Attention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.heads, self.dim_head).transpose(1, 2)  # [B, heads, N, d]
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if self.cross != (context is not None):
-            raise ValueError("cross-attention needs a context; self-attention takes none")
-        b = x.shape[0]
-        x = self.norm(x)
-        kv_in = context if context is not None else x
-        q = self._split(self.to_q(x))
+    def keys_values(self, kv_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (normalised and scaled) and values ``[B, heads, 1 + M, d]`` of ``kv_in``, with the
+        null key/value first. For cross-attention they depend on the context only, so a caller
+        that attends to one context many times computes them once (`context_kv`)."""
+        b = kv_in.shape[0]
         k, v = (self._split(t) for t in self.to_kv(kv_in).chunk(2, dim=-1))
         if self.null_kv is not None:
             nk, nv = (t.unsqueeze(0).expand(b, -1, -1, -1).to(k.dtype) for t in self.null_kv)
             k = torch.cat([nk, k], dim=2)
             v = torch.cat([nv, v], dim=2)
+        return F.normalize(k, dim=-1) * self.k_scale.to(k.dtype), v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``context_kv``: `keys_values` of the context, computed earlier, instead of ``context``."""
+        if self.cross != (context is not None or context_kv is not None):
+            raise ValueError("cross-attention needs a context; self-attention takes none")
+        b = x.shape[0]
+        x = self.norm(x)
+        q = self._split(self.to_q(x))
+        k, v = context_kv if context_kv is not None else self.keys_values(context if context is not None else x)
         q = F.normalize(q, dim=-1) * self.q_scale.to(q.dtype)
-        k = F.normalize(k, dim=-1) * self.k_scale.to(k.dtype)
         mask = None
         if context_mask is not None:
             mask = context_mask.bool()
@@ -161,10 +169,13 @@ class TransformerBlock(nn.Module):
         x: torch.Tensor,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """``context_kv``: ``self.cross_attn.keys_values(context)``, computed once for a context
+        this block attends to many times (iterative decoding), instead of ``context``."""
         x = x + self.attn(x)
         if self.cross_attn is not None:
-            if context is None:
+            if context is None and context_kv is None:
                 raise ValueError("this block cross-attends and needs a context")
-            x = x + self.cross_attn(x, context, context_mask)
+            x = x + self.cross_attn(x, context, context_mask, context_kv)
         return x + self.ff(x)

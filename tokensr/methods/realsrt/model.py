@@ -29,6 +29,7 @@ first (``pos_cols_first``) and an LR upsampling that is not clamped (``clamp_lr_
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -36,11 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokensr.inference.grid_tiles import map_in_tiles
 from tokensr.methods.realsrt.ccm import CCM, CCMConfig
 from tokensr.methods.realsrt.sampling import GenerationResult, iterative_generate
 from tokensr.nn.transformer import TransformerBlock, sincos_2d
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
 from tokensr.pretrained import PretrainedMixin, config_from_dict
+
+# per HR block: the cross-attention's keys and values of one LR context (TokenTransformer.context_kv)
+ContextKV = list[tuple[torch.Tensor, torch.Tensor]]
 
 LR_INPUTS = ("tokens", "latents")
 
@@ -108,11 +113,26 @@ class TokenTransformer(nn.Module):
             x = block(x)
         return self.lr_norm(x)
 
+    def context_kv(self, context: torch.Tensor) -> ContextKV:
+        """Each HR block's cross-attention keys and values for ``context`` (`encode_lr`'s
+        output). Iterative decoding attends to the same context at every step, so it computes
+        them once and passes them to `decode_hr` instead of the context: same logits, less work."""
+        kv = []
+        for block in self.hr_blocks:
+            assert isinstance(block, TransformerBlock) and block.cross_attn is not None
+            kv.append(block.cross_attn.keys_values(context))
+        return kv
+
     def decode_hr(
-        self, ids: torch.Tensor, context: torch.Tensor, hw: tuple[int, int], select: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        context: torch.Tensor | ContextKV,
+        hw: tuple[int, int],
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The HR stream: ids ``[B, N]`` (mask id allowed in the generator) -> logits.
 
+        context: `encode_lr`'s output, or its `context_kv`.
         With ``select`` (bool ``[B, N]``) only those positions go through the output head and
         the result is ``[M, ...]`` in row-major order (inference needs logits of masked tokens only).
         """
@@ -121,8 +141,8 @@ class TokenTransformer(nn.Module):
         if self.mask_token is not None:
             x = torch.where(masked[..., None], self.mask_token.to(x.dtype), x)
         x = x + self.positions(hw, x)
-        for block in self.hr_blocks:
-            x = block(x, context)
+        for i, block in enumerate(self.hr_blocks):
+            x = block(x, context) if isinstance(context, torch.Tensor) else block(x, context_kv=context[i])
         x = self.hr_norm(x)
         logits = self.head(x[select] if select is not None else x)
         return logits.squeeze(-1) if self.config.critic else logits
@@ -304,19 +324,32 @@ class RealSRT(nn.Module, PretrainedMixin):
         return up.clamp(0, 1) if self.config.clamp_lr_up else up
 
     @torch.no_grad()
-    def condition(self, lr01: torch.Tensor) -> Condition:
-        """Upsample and tokenize an LR batch (its size times ``scale`` must be a multiple of f)."""
+    def condition(self, lr01: torch.Tensor, tile: int | None = None, margin: int = 0) -> Condition:
+        """Upsample and tokenize an LR batch (its size times ``scale`` must be a multiple of f).
+
+        tile, margin: encode in tiles of that many tokens a side plus a margin
+        (`tokensr.inference.grid_tiles`), which bounds the encoder's memory on large images;
+        None encodes the whole batch in one pass."""
         lr_up = self.upsample(lr01)
         f = self.tokenizer.factor
         if lr_up.shape[-2] % f or lr_up.shape[-1] % f:
             raise ValueError(f"upsampled LR {tuple(lr_up.shape[-2:])} is not a multiple of the tokenizer factor {f}")
+        grid = (lr_up.shape[-2] // f, lr_up.shape[-1] // f)
+
+        def encode(fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            return fn(lr_up) if tile is None else map_in_tiles(fn, lr_up, grid, tile, margin, unit_in=f)
+
         if self.config.lr_input == "tokens":
-            ids = self.tokenizer.tokenize(lr_up)  # float32 even under autocast, no codebook update
-            return Condition(lr_up, ids.flatten(1), (ids.shape[1], ids.shape[2]))
+            ids = encode(self.tokenizer.tokenize)  # float32 even under autocast, no codebook update
+            return Condition(lr_up, ids.flatten(1), grid)
+
         # the latents also in float32 under autocast (the transformers see the same LR stream)
-        with torch.autocast(device_type=lr_up.device.type, enabled=False):
-            z = self.tokenizer.encode_continuous(self.tokenizer.to_net(lr_up.float()))
-        return Condition(lr_up, z.flatten(2).transpose(1, 2), (z.shape[2], z.shape[3]))
+        def latents(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return self.tokenizer.encode_continuous(self.tokenizer.to_net(x.float()))
+
+        z = encode(latents)
+        return Condition(lr_up, z.flatten(2).transpose(1, 2), grid)
 
     @torch.no_grad()
     def generate(
@@ -330,7 +363,8 @@ class RealSRT(nn.Module, PretrainedMixin):
         score_last: bool = True,
     ) -> GenerationResult:
         """Iterative generation of the HR tokens for a conditioned batch (see ``sampling``)."""
-        gen_ctx = self.generator.encode_lr(cond.lr, cond.hw)
+        # the LR stream and each block's keys/values of it, once for all steps
+        gen_ctx = self.generator.context_kv(self.generator.encode_lr(cond.lr, cond.hw))
         critic_fn = None
         if confidence == "critic":
             if self.critic is None:
@@ -338,7 +372,7 @@ class RealSRT(nn.Module, PretrainedMixin):
                     "this RealSRT model has no critic (train the critic stage or use generator confidence)"
                 )
             critic = self.critic
-            critic_ctx = critic.encode_lr(cond.lr, cond.hw)
+            critic_ctx = critic.context_kv(critic.encode_lr(cond.lr, cond.hw))
             critic_fn = lambda ids: critic.decode_hr(ids, critic_ctx, cond.hw)  # noqa: E731
         return iterative_generate(
             lambda ids, masked: self.generator.decode_hr(ids, gen_ctx, cond.hw, select=masked),
