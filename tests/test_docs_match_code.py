@@ -238,8 +238,8 @@ def test_realsrt_pixel_stride_and_decode_tiles(monkeypatch: pytest.MonkeyPatch) 
     assert method.stride == int(pixels.group(1))
     tiles = re.search(phrase(r"tiles of (\d+) tokens with an (\d+)-token margin"), text)
     assert tiles and (int(tiles.group(1)), int(tiles.group(2))) == (
-        realsrt_method.DECODE_TILE,
-        realsrt_method.DECODE_MARGIN,
+        realsrt_method.CONV_TILE,
+        realsrt_method.CONV_MARGIN,
     )
 
 

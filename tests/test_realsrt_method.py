@@ -106,6 +106,35 @@ def test_token_aggregation_on_larger_images(folder: Path) -> None:
         build(weights=str(folder), aggregate="average")
 
 
+def test_convolutions_run_in_tiles_on_large_token_maps(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tokenizer's encoder, the CCM's encoder and the decoder never see more than one tile
+    plus its margins: what bounds their memory on big images."""
+    from tokensr.methods.realsrt import method as realsrt_method
+
+    lr = torch.rand(1, 3, 21, 30, generator=torch.Generator().manual_seed(6))
+    method = build(weights=str(folder))
+    whole = method(lr)  # 42 x 60 tokens (f = 2): below the default tile, one pass each
+    monkeypatch.setattr(realsrt_method, "CONV_TILE", 16)
+    monkeypatch.setattr(realsrt_method, "CONV_MARGIN", 4)
+    seen: dict[str, list[tuple[int, int]]] = {"tokenizer": [], "ccm": [], "decoder": []}
+    m = method.model
+    assert m.ccm is not None
+    hooks = [
+        net.register_forward_pre_hook(lambda _, args, key=key: seen[key].append(tuple(args[0].shape[-2:])))
+        for key, net in (("tokenizer", m.tokenizer.encoder), ("ccm", m.ccm.encoder), ("decoder", m.tokenizer.decoder))
+    ]
+    tiled = method(lr)
+    for h in hooks:
+        h.remove()
+    f, most = 2, 16 + 2 * 4
+    assert len(seen["tokenizer"]) == len(seen["ccm"]) == len(seen["decoder"]) == 3 * 4  # 42 x 60 in 16s
+    assert max(max(s) for s in seen["tokenizer"] + seen["ccm"]) == most * f  # pixels: f per token
+    assert max(max(s) for s in seen["decoder"]) == most  # tokens
+    # (how close the tiles come to one pass is measured on the bundled model, docs/realsrt.md:
+    # this tiny random tokenizer flips codes on any GroupNorm change)
+    assert tiled.shape == whole.shape and 0 <= tiled.min() and tiled.max() <= 1
+
+
 def test_steps_api_and_figure(folder: Path, tmp_path: Path) -> None:
     lr = torch.rand(1, 3, 10, 14, generator=torch.Generator().manual_seed(3))
     method = build(weights=str(folder), steps=3)

@@ -6,8 +6,11 @@ Two ways to run the patch-sized transformers over an LR image of any size (``agg
   overlapping windows of the token grid (the model's patch size in tokens, every ``stride``);
   each token is kept from the window where it is most central
   (:mod:`tokensr.inference.token_windows`); the CCM runs window by window on the same grid
-  (its encoder once over the whole image); the whole token map is decoded once (in large
-  tiles for big images) and colour-corrected towards the whole LR image. No two windows'
+  (its encoder once over the whole image); the whole token map is decoded once and
+  colour-corrected towards the whole LR image. On big images the three convolutional
+  networks (tokenizer encoder, CCM encoder, decoder) run in large tiles of the token grid
+  with a margin (:data:`CONV_TILE`, :mod:`tokensr.inference.grid_tiles`), which bounds their
+  memory. No two windows'
   textures are averaged, and the decoder's receptive field spans window borders, so there
   are no seams. A caller's :attr:`RealSRTMethod.progress_hook` ``(done, total)`` hears of each
   batch of windows generated, of CCM windows fused and of each decoder tile decoded
@@ -53,6 +56,7 @@ import torch
 
 from tokensr.errors import OptionError
 from tokensr.inference.colorfix import COLOR_FIXES, DEFAULT_WAVELET_LEVELS, color_fix
+from tokensr.inference.grid_tiles import map_in_tiles, tile_count
 from tokensr.inference.patches import aggregate_patches, reflect_pad
 from tokensr.inference.progress import Progress
 from tokensr.inference.token_windows import WindowGrid
@@ -86,10 +90,11 @@ AGGREGATES = ("tokens", "pixels")
 DEFAULT_AGGREGATE = "tokens"
 # default window stride of aggregate=tokens, as a share of the patch (docs/realsrt.md)
 TOKEN_STRIDE = 1.0
-# aggregate=tokens decodes the token map in tiles of this many tokens a side plus a margin
-# (GroupNorm statistics are per tile, so tiles are large; see docs/realsrt.md)
-DECODE_TILE = 96
-DECODE_MARGIN = 8
+# aggregate=tokens runs the convolutional networks (tokenizer encoder, CCM encoder, decoder)
+# in tiles of this many tokens a side plus a margin, which bounds their memory on large images
+# (tokensr.inference.grid_tiles; GroupNorm statistics are per tile, so tiles are large)
+CONV_TILE = 192
+CONV_MARGIN = 8
 
 
 @dataclass
@@ -243,7 +248,7 @@ class RealSRTMethod:
         decode once (see the module docstring)."""
         h, w = lr.shape[-2:]
         padded = self._pad_lr(lr)
-        cond = self.model.condition(padded)
+        cond = self.model.condition(padded, CONV_TILE, CONV_MARGIN)
         rows, cols = cond.hw
         window, stride = self._window_tokens()
         grid = WindowGrid(rows, cols, window, stride)
@@ -288,11 +293,13 @@ class RealSRTMethod:
         """Decode a whole token map ``[B, rows, cols]`` (through the CCM, window by window, when
         it is on) to an image in [0, 1]; the decoder runs in large tiles with a margin."""
         tok = self.model.tokenizer
+        f = tok.factor
+        rows, cols = ids.shape[-2:]
         h = tok.post_quant_conv(tok.quantizer.lookup(ids))
         if self.use_ccm:
             assert self.model.ccm is not None
             ccm = self.model.ccm
-            feats = ccm.encoder(tok.to_net(lr_up))
+            feats = map_in_tiles(ccm.encoder, tok.to_net(lr_up), (rows, cols), CONV_TILE, CONV_MARGIN, unit_in=f)
             fused = h.clone()
             window = grid.window
             for k in range(ids.shape[0]):
@@ -305,19 +312,9 @@ class RealSRTMethod:
                         fused[k, :, gr, gc] = o[:, wr, wc]
                     self._advance(len(chunk))
             h = fused
-        f = tok.factor
-        rows, cols = ids.shape[-2:]
-        out = torch.empty(ids.shape[0], 3, rows * f, cols * f, device=ids.device)
-        for r in range(0, rows, DECODE_TILE):
-            for c in range(0, cols, DECODE_TILE):
-                r0, c0 = max(0, r - DECODE_MARGIN), max(0, c - DECODE_MARGIN)
-                r1, c1 = min(rows, r + DECODE_TILE + DECODE_MARGIN), min(cols, c + DECODE_TILE + DECODE_MARGIN)
-                dec = tok.decoder(h[..., r0:r1, c0:c1])
-                rr, cc = min(rows, r + DECODE_TILE), min(cols, c + DECODE_TILE)
-                out[..., r * f : rr * f, c * f : cc * f] = dec[
-                    ..., (r - r0) * f : (rr - r0) * f, (c - c0) * f : (cc - c0) * f
-                ]
-                self._advance(ids.shape[0])
+        out = map_in_tiles(
+            tok.decoder, h, (rows, cols), CONV_TILE, CONV_MARGIN, unit_out=f, after_each=lambda: self._advance(len(ids))
+        )
         return tok.from_net(out).clamp(0, 1)
 
     # --- progress (aggregate=tokens) -------------------------------------------------------------
@@ -350,7 +347,7 @@ class RealSRTMethod:
 
 def _decode_tiles(rows: int, cols: int) -> int:
     """How many decoder tiles `RealSRTMethod._decode_map` runs for a ``rows x cols`` token map."""
-    return -(-rows // DECODE_TILE) * -(-cols // DECODE_TILE)
+    return tile_count(rows, cols, CONV_TILE, CONV_MARGIN)
 
 
 # --- factory ---------------------------------------------------------------------------------
