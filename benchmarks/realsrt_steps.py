@@ -3,10 +3,12 @@
 One RealSRT weights folder (with a critic and a CCM) is run through ``tokensr bench`` once per
 variant: generation steps ``T`` (``--steps``, default 1..8) x the confidence that picks the
 tokens to re-mask (``critic``: the paper's critic, ``generator``: MaskGIT's own probability) x
-decoding with or without the conditional controlling module (CCM). The variants without the
-CCM run only at the ``--no-ccm-steps`` (default: all of ``--steps``). Everything else is the
-method's default (patching, colour fix, argmax sampling), so every number comes from the same
-deterministic pipeline a user gets.
+decoding with or without the conditional controlling module (CCM, ``--ccm``) x colour fix
+(``--color-fixes``, default: the method's own). The variants without the CCM run only at the
+``--no-ccm-steps`` (default: all of ``--steps``). Everything else is the method's default
+(aggregation, argmax sampling), so every number comes from the same deterministic pipeline a
+user gets. The paper's study (sec. 4.3) decodes without the CCM and corrects colour with AdaIN:
+``--ccm off --color-fixes adain``.
 
 The Markdown table has one row per (T, confidence, CCM) with PSNR-Y / SSIM-Y / NIQE per paired
 set, NIQE per LR-only set, and seconds per output megapixel; the raw per-image rows stay in
@@ -40,14 +42,25 @@ def parse_ints(text: str) -> list[int]:
     return values
 
 
-def variants(weights: str, steps: list[int], confidences: list[str], no_ccm_steps: list[int]) -> list[dict[str, Any]]:
-    """The grid as dicts ``{T, confidence, ccm, spec}`` in table order."""
+def variants(
+    weights: str,
+    steps: list[int],
+    confidences: list[str],
+    no_ccm_steps: list[int],
+    color_fixes: list[str | None] | None = None,
+    ccm_modes: tuple[bool, ...] = (True, False),
+) -> list[dict[str, Any]]:
+    """The grid as dicts ``{T, confidence, ccm, fix, spec}`` in table order. ``fix`` None is
+    the method's default colour fix (the spec leaves it out)."""
     out = []
-    for ccm in (True, False):
-        for conf in confidences:
-            for t in steps if ccm else no_ccm_steps:
-                spec = f"realsrt:weights={weights}:steps={t}:confidence={conf}:ccm={str(ccm).lower()}"
-                out.append({"T": t, "confidence": conf, "ccm": ccm, "spec": spec})
+    for ccm in ccm_modes:
+        for fix in color_fixes or [None]:
+            for conf in confidences:
+                for t in steps if ccm else no_ccm_steps:
+                    spec = f"realsrt:weights={weights}:steps={t}:confidence={conf}:ccm={str(ccm).lower()}"
+                    if fix is not None:
+                        spec += f":color_fix={fix}"
+                    out.append({"T": t, "confidence": conf, "ccm": ccm, "fix": fix, "spec": spec})
     return out
 
 
@@ -57,13 +70,13 @@ def _fmt(v: Any, digits: int) -> str:
 
 def table(grid: list[dict[str, Any]], summary: list[dict[str, Any]], paired: dict[str, bool]) -> str:
     by = {(r["dataset"], r["method"]): r for r in summary}
-    head = ["T", "confidence", "CCM"]
+    head = ["T", "confidence", "CCM", "colour fix"]
     for name, is_paired in paired.items():
         head += [f"{name} PSNR-Y", f"{name} SSIM-Y", f"{name} NIQE"] if is_paired else [f"{name} NIQE"]
     head.append("s/MP")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in grid:
-        cells = [str(g["T"]), g["confidence"], "✓" if g["ccm"] else "×"]
+        cells = [str(g["T"]), g["confidence"], "✓" if g["ccm"] else "×", g.get("fix") or "default"]
         secs = []
         for name, is_paired in paired.items():
             r = by.get((name, g["spec"]), {})
@@ -85,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=parse_ints, default=list(range(1, 9)), help="T values (default 1..8)")
     ap.add_argument("--confidences", default="critic,generator", help="critic, generator or both (default)")
     ap.add_argument("--no-ccm-steps", type=parse_ints, default=None, help="T values without the CCM (default: --steps)")
+    ap.add_argument(
+        "--color-fixes",
+        default=None,
+        help="colour fixes to run each variant with, e.g. adain,none (default: the method's default only)",
+    )
+    ap.add_argument(
+        "--ccm", choices=("both", "on", "off"), default="both", help="variants with the CCM, without, or both"
+    )
     ap.add_argument("--lr-crop", type=int, default=None, help="centre-crop LR-only images to N x N LR px")
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--device", default="cpu")
@@ -105,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         kind, folder, config = method_for_weights(args.weights)
         if kind != "realsrt":
             raise TokensrError(f"{args.weights} holds a {kind} model, not a realsrt model")
-        grid = variants(str(args.weights), args.steps, confidences, args.no_ccm_steps or args.steps)
+        fixes: list[str | None] | None = None
+        if args.color_fixes:
+            fixes = [f.strip() for f in args.color_fixes.split(",") if f.strip()]
+        modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.ccm]
+        grid = variants(str(args.weights), args.steps, confidences, args.no_ccm_steps or args.steps, fixes, modes)
         scale = int(config.get("scale", 4))
         cfg = BenchConfig(
             methods=[parse_method(g["spec"]) for g in grid],

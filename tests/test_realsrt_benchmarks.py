@@ -51,6 +51,10 @@ def test_variant_grid_order_and_specs() -> None:
         (2, "generator", False),
     ]
     assert grid[-1]["spec"] == "realsrt:weights=W:steps=2:confidence=generator:ccm=false"
+    # the paper's study: no CCM, AdaIN, next to the raw output
+    paper = mod.variants("W", [4], ["critic"], [1, 4], ["adain", "none"], (False,))
+    assert [(g["T"], g["fix"]) for g in paper] == [(1, "adain"), (4, "adain"), (1, "none"), (4, "none")]
+    assert paper[0]["spec"] == "realsrt:weights=W:steps=1:confidence=critic:ccm=false:color_fix=adain"
 
 
 def test_steps_script_writes_one_row_per_variant(weights: Path, data: Path, tmp_path: Path) -> None:
@@ -77,8 +81,9 @@ def test_steps_script_writes_one_row_per_variant(weights: Path, data: Path, tmp_
     rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| ") and not ln.startswith("| T ")]
     assert len(rows) == 6  # (1, 3) x (critic, generator) with CCM + T=3 x 2 without
     cells = [r.strip("| ").split(" | ") for r in rows]
-    assert all(len(c) == 3 + 3 + 1 + 1 for c in cells)  # T, conf, CCM, pairs x3, lronly NIQE, s/MP
-    psnr = [float(c[3]) for c in cells]
+    assert all(len(c) == 4 + 3 + 1 + 1 for c in cells)  # T, conf, CCM, fix, pairs x3, lronly NIQE, s/MP
+    assert {c[3] for c in cells} == {"default"}
+    psnr = [float(c[4]) for c in cells]
     assert all(np.isfinite(psnr))
     # the per-image rows of both ends of the grid are kept
     results = (tmp_path / "work" / "results.csv").read_text()
