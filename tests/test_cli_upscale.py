@@ -434,3 +434,28 @@ def test_outscale_resizes_the_result_to_any_factor(make_image, tmp_path: Path) -
 def test_fp16_needs_cuda(make_image, tmp_path: Path, capsys) -> None:
     assert main(["upscale", str(make_image("h.png")), "-o", str(tmp_path / "o"), "--fp16"]) == 2
     assert "--fp16 needs --device cuda" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_sigterm_mid_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """`kill` during a run: the streamed PNG's temporary file is removed, no output appears,
+    the user's other files stay, and the exit is one line with status 143 (128 + SIGTERM)."""
+    import signal
+    import time
+
+    src = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)).save(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "tokensr", "upscale", str(src), "-o", str(out), "--method", "bicubic", "--tile", "64"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not list(out.glob(".big.png.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its temporary file was seen"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1] == "tokensr: terminated" and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"

@@ -6,7 +6,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
+import threading
+from types import FrameType
 
 from tokensr.errors import TokensrError
 
@@ -42,6 +46,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     return parser, modules
 
 
+class Terminated(BaseException):
+    """SIGTERM (``kill``, a batch system's time limit), raised in the main thread like Ctrl-C's
+    KeyboardInterrupt, so that ``finally`` blocks run: a half-written output's temporary file is
+    removed instead of being left next to the user's files. A BaseException, so that a folder
+    run's per-file ``except Exception`` does not swallow it and go on with the next file."""
+
+
+_MAIN_PID = os.getpid()
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker (data loading) inherited this: die as usual
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     parser, modules = build_parser()
@@ -49,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return 2
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    in_main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         return int(modules[args.command].run(args))  # type: ignore[attr-defined]
     except TokensrError as e:
@@ -57,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tokensr: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("tokensr: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":  # pragma: no cover
