@@ -244,7 +244,7 @@ def test_progress_per_token_window_and_decoder_tile(folder: Path) -> None:
     assert method.progress_hook is None  # only set while the pipeline runs it
     assert out.pixels.shape == (48, 40, 3)
     assert torch.equal(method(lr), build(weights=str(folder), batch="1")(lr))  # no hook: same pixels
-    # the default batch of 8 windows: one report per batch, ending at the same total
+    # the default batch (32 windows): one report per batch, ending at the same total
     calls.clear()
     render_image(loaded, build(weights=str(folder)), tile=0, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(4, total), (8, total), (9, total)]

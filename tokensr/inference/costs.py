@@ -69,7 +69,7 @@ INPUT_BYTES_PER_PX = 16.0  # the decoded input as float32 RGB (12), plus padding
 # pixel of the tile it is given (canvases, the tile's result, the blending window). Measured
 # where docs/usage.md ("Memory and time") says so; the rest are marked as guesses.
 WORK_FIXED_MB: dict[str, float] = {
-    "realsrt": 600.0,  # measured: 256x256 LR in 128-px tiles
+    "realsrt": 550.0,  # fitted with the per-pixel part below to two runs (docs/usage.md)
     "ugtsr": 1420.0,  # measured: one 256-px LR tile (UGTSR's own tile size)
     "iter": 800.0,  # guess: 1250 measured on one 256-px pass; large images run in 128-px tiles
     "realesrgan": 200.0,  # guess (ncnn on 256-px LR tiles)
@@ -78,7 +78,10 @@ WORK_FIXED_MB: dict[str, float] = {
 }
 UNKNOWN_WORK_FIXED_MB = 1500.0
 WORK_BYTES_PER_TILE_PX: dict[str, float] = {
-    "realsrt": 40.0,
+    # realsrt: 0.6 GB on 128-px LR tiles, 1.32 GB on one 512-px LR tile (method peak 1.62 GB
+    # less 0.3 GB loaded), with its encoders and decoder in 192-token tiles: full-resolution
+    # images of the tile (upsampled LR, decoded output, the wavelet fix's levels)
+    "realsrt": 180.0,
     "ugtsr": 24.0,
     "iter": 24.0,
     "realesrgan": 24.0,

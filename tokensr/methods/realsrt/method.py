@@ -29,7 +29,8 @@ Options (strings are accepted, as the benchmark passes them):
 - ``aggregate`` (:data:`DEFAULT_AGGREGATE`): ``tokens`` or ``pixels``, as above.
 - ``patch`` (the model's ``lr_patch``, in LR pixels), ``stride`` (in LR pixels; the model's
   saved stride, else patch/2: the paper's half overlap; with ``aggregate=tokens`` the default
-  is :data:`TOKEN_STRIDE` of the patch), ``batch`` (patches or windows per forward pass; 8), ``color_fix``
+  is :data:`TOKEN_STRIDE` of the patch), ``batch`` (patches or windows per forward pass;
+  :data:`DEFAULT_BATCH`), ``color_fix``
   (:data:`DEFAULT_COLOR_FIX` 'wavelet' | 'adain' as in the paper | 'none'), ``color_levels``
   (wavelet depth, 5; fewer = more of the LR, more = more generated texture), ``rounding``
   ('ceil' as in the paper | 'floor' as in the reference code), ``temperature`` (0 = argmax,
@@ -86,6 +87,9 @@ DEFAULT_COLOR_FIX = "wavelet"
 COLOR_LEVELS: dict[int, int] = {}
 # where step figures go when save_steps is just "on" (the CLI flag without a path)
 DEFAULT_STEPS_DIR = "realsrt-steps"
+# windows (or patches) per transformer call: on 2 CPU cores 32 windows take 27 % less time per
+# window than 8 (GEMMs of 32 x 256 tokens keep both cores busy), with the same output
+DEFAULT_BATCH = 32
 AGGREGATES = ("tokens", "pixels")
 DEFAULT_AGGREGATE = "tokens"
 # default window stride of aggregate=tokens, as a share of the patch (docs/realsrt.md)
@@ -120,7 +124,7 @@ class RealSRTMethod:
         use_ccm: bool = True,
         patch: int | None = None,
         stride: int | None = None,
-        batch: int = 8,
+        batch: int = DEFAULT_BATCH,
         color: str = DEFAULT_COLOR_FIX,
         color_levels: int = DEFAULT_WAVELET_LEVELS,
         rounding: str = "ceil",
@@ -430,7 +434,7 @@ def build(scale: int = 4, weights: str | None = None, device: str = "cpu", **opt
         use_ccm=use_ccm,
         patch=patch,
         stride=stride,
-        batch=as_int("batch", opts.get("batch", 8)),
+        batch=as_int("batch", opts.get("batch", DEFAULT_BATCH)),
         color=as_choice("color_fix", opts.get("color_fix", DEFAULT_COLOR_FIX), COLOR_FIXES),
         color_levels=color_levels_option(opts.get("color_levels"), model.scale, COLOR_LEVELS),
         rounding=as_choice("rounding", opts.get("rounding", "ceil"), ROUNDINGS),
