@@ -4,8 +4,9 @@ from a measured model of where the bytes go. Used by ``tokensr upscale --dry-run
 Speeds (``SECONDS_PER_MP``) are wall-clock seconds of the method per *output* megapixel on 2
 idle x86 CPU cores with torch's CPU build and default options:
 
-- realsrt 24: the default (v3, token windows, channels-last convolutions) on a 128-px LR crop
-  of Set14's baboon, 2 idle cores, 2026-12-07 (realesrgan 15.6-16.6 in the same run);
+- realsrt 17: the default (v3, token windows, cached cross-attention keys, 32 windows a call,
+  192-token convolution tiles) on two 512-px LR crops of RealSet65, 2 idle cores, 2026-12-07:
+  16.0-18.7 over three runs (realesrgan 14.6-16.0 in the same runs);
   ugtsr 16, iter 13, realesrgan 18: ``tokensr bench`` on idle cores, December 2026;
 - femasr 70: the authors' full-size x4 network (34 M parameters), CPU time on a 128-px LR
   input on loaded cores (docs/femasr.md), so an upper bound;
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 
 # Seconds of the method per output megapixel on 2 idle CPU cores (sources: module docstring).
 SECONDS_PER_MP: dict[str, float] = {
-    "realsrt": 24.0,
+    "realsrt": 17.0,
     "ugtsr": 16.0,
     "femasr": 70.0,
     "iter": 13.0,
