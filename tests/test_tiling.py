@@ -265,3 +265,24 @@ def test_progress_bar_switches_to_windows_when_a_method_reports_steps() -> None:
     assert bar.unit == "tile"
     steps.hook(1, 10)
     assert bar.unit == STEP_UNIT == "window" and steps.per_tile == 10
+
+
+@pytest.mark.parametrize("size", [100, 513, 575, 625, 866, 1024, 1155, 3000, 4000, 6000])
+def test_balanced_tiles_keep_the_count_and_cut_the_redone_work(size: int) -> None:
+    """Along an axis the tiles are as many as the requested side needs, each no longer than it,
+    overlapping by at least the overlap, and covering the axis with at most ~4 % redone work
+    (a 625-px side in 512-px tiles, multiples of 8: 2 x 328 instead of 2 x 512)."""
+    from tokensr.inference.tiling import balanced_tile
+
+    tile, overlap = 512, 16
+    side = balanced_tile(size, tile, overlap, multiple=8)
+    if size <= tile:
+        assert side == size
+        return
+    starts = tile_starts(size, side, overlap)
+    assert len(starts) == len(tile_starts(size, tile, overlap)) and side <= tile and side % 8 == 0
+    assert starts[0] == 0 and starts[-1] + side == size  # covers the axis, ends at the edge
+    assert all(b - a <= side - overlap for a, b in zip(starts, starts[1:], strict=False))  # overlap >= 16
+    assert len(starts) * side <= 1.05 * size + 8 * len(starts)
+    if size == 625:
+        assert side == 328 and len(tile_starts(625, 512, overlap)) * 512 / 625 > 1.6

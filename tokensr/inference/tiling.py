@@ -2,6 +2,8 @@
 
 The LR image is cut into equal overlapping tiles (the last tile in each direction is moved
 back so it ends at the image edge, so every tile has the same size and tiles can be batched).
+The requested tile side is an upper bound: along each axis the tiles are only as long as
+their count needs (`balanced_tile`), so the last one does not redo most of its neighbour.
 Each tile's output is weighted by a blending window that is 1 in the middle and falls to 0
 towards every edge the tile shares with a neighbour, then all are summed and divided by the
 summed weights.
@@ -57,6 +59,19 @@ def pad_to_multiple(lr: torch.Tensor, multiple: int) -> torch.Tensor:
         return lr
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(lr, (0, pw, 0, ph), mode=mode)
+
+
+def balanced_tile(size: int, tile: int, overlap: int, multiple: int = 1) -> int:
+    """The tile side to use along an axis of ``size``: as many tiles as ``tile`` needs, but each
+    only as long as that count needs (a multiple of ``multiple``, never above ``tile``), so the
+    tiles overlap by about ``overlap`` instead of the last one sliding back over its neighbour.
+    A 625-px side in 512-px tiles gets two tiles of 321 px, not 512 + 512 (1.6x the work)."""
+    if tile >= size:
+        return size
+    count = len(tile_starts(size, tile, overlap))
+    side = math.ceil((size + (count - 1) * overlap) / count)
+    side = math.ceil(side / multiple) * multiple
+    return min(tile, max(side, 2 * overlap + 1))
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -117,7 +132,8 @@ def tile_count(method: SRMethod, height: int, width: int, tile: int | None, over
         return 1
     tile = math.ceil(tile / multiple) * multiple
     overlap = min(overlap, (tile - 1) // 2)
-    return len(tile_starts(ph, min(tile, ph), overlap)) * len(tile_starts(pw, min(tile, pw), overlap))
+    th, tw = balanced_tile(ph, tile, overlap, multiple), balanced_tile(pw, tile, overlap, multiple)
+    return len(tile_starts(ph, th, overlap)) * len(tile_starts(pw, tw, overlap))
 
 
 def _axis_profile(
@@ -197,8 +213,8 @@ def upscale_tiled_rows(
         return out_h, out_w
 
     tile = math.ceil(tile / multiple) * multiple
-    th, tw = min(tile, ph), min(tile, pw)
     overlap = min(overlap, (tile - 1) // 2)  # keeps the stride positive
+    th, tw = balanced_tile(ph, tile, overlap, multiple), balanced_tile(pw, tile, overlap, multiple)
     ys, xs = tile_starts(ph, th, overlap), tile_starts(pw, tw, overlap)
     positions = [(y, x) for y in ys for x in xs]  # row-major: rows finish top to bottom
     ramp = blend_ramp(overlap * scale, device=lr.device)
@@ -284,6 +300,7 @@ __all__ = [
     "MIN_TILE",
     "Progress",
     "RowSink",
+    "balanced_tile",
     "blend_ramp",
     "pad_to_multiple",
     "tile_count",
