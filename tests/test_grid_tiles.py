@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokensr.inference.grid_tiles import map_in_tiles, tile_count
+from tokensr.inference.grid_tiles import grid_tile_count, map_in_tiles
 
 
 def _encoder(f: int) -> nn.Module:
@@ -24,7 +24,7 @@ def test_one_tile_is_one_call() -> None:
         return x * 2
 
     x = torch.rand(1, 3, 20, 12)
-    assert tile_count(20, 12, tile=16, margin=2) == 1  # 20 <= 16 + 2 * 2
+    assert grid_tile_count(20, 12, tile=16, margin=2) == 1  # 20 <= 16 + 2 * 2
     assert torch.equal(map_in_tiles(fn, x, (20, 12), tile=16, margin=2), x * 2)
     assert calls == [(1, 3, 20, 12)]
 
@@ -38,7 +38,7 @@ def test_encoder_in_tiles_equals_one_pass_when_the_margin_covers_its_reach() -> 
         seen: list[int] = []
         tiled = map_in_tiles(enc, x, (37, 23), tile=8, margin=1, unit_in=f, after_each=lambda: seen.append(1))
     assert tiled.shape == whole.shape == (2, 5, 37, 23)
-    assert len(seen) == tile_count(37, 23, 8, 1) == 5 * 3
+    assert len(seen) == grid_tile_count(37, 23, 8, 1) == 5 * 3
     torch.testing.assert_close(tiled, whole)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 
-def tile_count(rows: int, cols: int, tile: int, margin: int = 0) -> int:
+def grid_tile_count(rows: int, cols: int, tile: int, margin: int = 0) -> int:
     """How many calls `map_in_tiles` makes for a ``rows x cols`` grid."""
     if rows <= tile + 2 * margin and cols <= tile + 2 * margin:
         return 1
@@ -51,7 +51,7 @@ def map_in_tiles(
         raise ValueError(f"input {tuple(x.shape[-2:])} is not a {rows}x{cols} grid of {unit_in}-px cells")
     if tile < 1 or margin < 0:
         raise ValueError(f"tile must be >= 1 and margin >= 0, got {tile} and {margin}")
-    if tile_count(rows, cols, tile, margin) == 1:
+    if grid_tile_count(rows, cols, tile, margin) == 1:
         out = fn(x)
         if after_each is not None:
             after_each()
@@ -74,4 +74,4 @@ def map_in_tiles(
     return result
 
 
-__all__ = ["map_in_tiles", "tile_count"]
+__all__ = ["map_in_tiles", "grid_tile_count"]

@@ -164,7 +164,7 @@ def render_rows(
     run_on = torch.device(device) if device is not None else method_device(method)
     scale = int(method.scale)
     colour = 1 if loaded.grayscale else 3
-    channels = colour + (0 if loaded.alpha is None else 1)
+    channels = loaded.channels
     dtype = np.uint8 if loaded.bit_depth == 8 else np.uint16
     width = loaded.width * scale
     alpha = None if loaded.alpha is None else _AlphaRows(loaded.alpha, scale, loaded.bit_depth)
@@ -231,9 +231,8 @@ def render_image(
     `render_png` writes the same pixels to a PNG file without holding them.
     """
     scale = int(method.scale)
-    channels = (1 if loaded.grayscale else 3) + (0 if loaded.alpha is None else 1)
     dtype = np.uint8 if loaded.bit_depth == 8 else np.uint16
-    pixels = np.empty((loaded.height * scale, loaded.width * scale, channels), dtype=dtype)
+    pixels = np.empty((loaded.height * scale, loaded.width * scale, loaded.channels), dtype=dtype)
     filled = 0
 
     def keep(rows: np.ndarray) -> None:
@@ -268,13 +267,12 @@ def render_png(
     with ``overwrite``. Returns the output size ``(width, height)``.
     """
     scale = int(method.scale)
-    channels = (1 if loaded.grayscale else 3) + (0 if loaded.alpha is None else 1)
     keep_safe = [p for p in [loaded.source, *protect] if p is not None]
     with png_rows(
         path,
         loaded.width * scale,
         loaded.height * scale,
-        channels,
+        loaded.channels,
         loaded.bit_depth,
         icc_profile=loaded.icc_profile,
         overwrite=overwrite,

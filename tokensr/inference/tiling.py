@@ -130,10 +130,20 @@ def tile_count(method: SRMethod, height: int, width: int, tile: int | None, over
     ph, pw = math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
     if tile is None or (ph <= tile and pw <= tile):
         return 1
+    _, _, _, ys, xs = _tile_layout(ph, pw, tile, overlap, multiple)
+    return len(ys) * len(xs)
+
+
+def _tile_layout(
+    ph: int, pw: int, tile: int, overlap: int, multiple: int
+) -> tuple[int, int, int, list[int], list[int]]:
+    """``(th, tw, overlap, ys, xs)`` for a padded ``ph x pw`` image cut into tiles of at most
+    ``tile`` (rounded up to ``multiple``): the balanced tile sides, the overlap actually used
+    (capped so the stride stays positive) and the tile starts along each axis."""
     tile = math.ceil(tile / multiple) * multiple
     overlap = min(overlap, (tile - 1) // 2)
     th, tw = balanced_tile(ph, tile, overlap, multiple), balanced_tile(pw, tile, overlap, multiple)
-    return len(tile_starts(ph, th, overlap)) * len(tile_starts(pw, tw, overlap))
+    return th, tw, overlap, tile_starts(ph, th, overlap), tile_starts(pw, tw, overlap)
 
 
 def _axis_profile(
@@ -212,10 +222,7 @@ def upscale_tiled_rows(
         sink(0, out[..., :out_h, :out_w].clamp(0.0, 1.0))
         return out_h, out_w
 
-    tile = math.ceil(tile / multiple) * multiple
-    overlap = min(overlap, (tile - 1) // 2)  # keeps the stride positive
-    th, tw = balanced_tile(ph, tile, overlap, multiple), balanced_tile(pw, tile, overlap, multiple)
-    ys, xs = tile_starts(ph, th, overlap), tile_starts(pw, tw, overlap)
+    th, tw, overlap, ys, xs = _tile_layout(ph, pw, tile, overlap, multiple)
     positions = [(y, x) for y in ys for x in xs]  # row-major: rows finish top to bottom
     ramp = blend_ramp(overlap * scale, device=lr.device)
     wys, row_sum = _axis_profile(ph, th, ys, ramp, scale)

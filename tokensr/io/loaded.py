@@ -74,6 +74,11 @@ class LoadedImage:
         base = "L" if self.grayscale else "RGB"
         return base + ("A" if self.alpha is not None else "")
 
+    @property
+    def channels(self) -> int:
+        """Channels of the written image: 1, 2, 3 or 4 (L, LA, RGB, RGBA; see `planes`)."""
+        return len(self.mode)
+
     def gray(self) -> np.ndarray:
         """Luma plane (``H x W`` float32); exact for an image whose channels are equal."""
         return np.clip(self.rgb @ LUMA_WEIGHTS, 0.0, 1.0).astype(np.float32)

@@ -245,7 +245,7 @@ def atomic_file(path: Path, *, overwrite: bool) -> Iterator[BinaryIO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from e
+        raise _write_error(path, e) from e
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -254,11 +254,16 @@ def atomic_file(path: Path, *, overwrite: bool) -> Iterator[BinaryIO]:
                 f.flush()
                 os.fsync(f.fileno())
             except OSError as e:
-                raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from e
+                raise _write_error(path, e) from e
         _move_into_place(tmp, path, overwrite=overwrite)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _write_error(path: Path, e: OSError) -> ImageWriteError:
+    """The one-line error for an OS-level failure to write ``path``."""
+    return ImageWriteError(f"{path}: cannot write ({e.strerror or e})")
 
 
 def _move_into_place(tmp: Path, path: Path, *, overwrite: bool) -> None:
@@ -278,7 +283,7 @@ def _move_into_place(tmp: Path, path: Path, *, overwrite: bool) -> None:
     except ImageWriteError:
         raise
     except OSError as e:
-        raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from e
+        raise _write_error(path, e) from e
 
 
 def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], *, overwrite: bool) -> None:
@@ -293,7 +298,7 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], *, overwr
     except ImageWriteError:
         raise
     except OSError as e:
-        raise ImageWriteError(f"{path}: cannot write ({e.strerror or e})") from e
+        raise _write_error(path, e) from e
     except ValueError as e:  # an encoder refusing the image (Pillow raises ValueError for some limits)
         raise ImageWriteError(f"{path}: cannot encode ({e})") from e
 
@@ -331,13 +336,13 @@ def png_rows(
             try:
                 stream.write_rows(rows)
             except OSError as e:
-                raise ImageWriteError(f"{out}: cannot write ({e.strerror or e})") from e
+                raise _write_error(out, e) from e
 
         yield write
         try:
             stream.close()
         except OSError as e:
-            raise ImageWriteError(f"{out}: cannot write ({e.strerror or e})") from e
+            raise _write_error(out, e) from e
 
 
 def _fitting_icc(icc: bytes | None, grayscale: bool) -> bytes | None:

@@ -57,7 +57,7 @@ import torch
 
 from tokensr.errors import OptionError
 from tokensr.inference.colorfix import COLOR_FIXES, DEFAULT_WAVELET_LEVELS, color_fix
-from tokensr.inference.grid_tiles import map_in_tiles, tile_count
+from tokensr.inference.grid_tiles import grid_tile_count, map_in_tiles
 from tokensr.inference.patches import aggregate_patches, reflect_pad
 from tokensr.inference.progress import Progress
 from tokensr.inference.token_windows import WindowGrid
@@ -262,7 +262,8 @@ class RealSRTMethod:
         tokens = [torch.zeros(b, rows, cols, dtype=torch.long, device=lr.device) for _ in range(t_out)]
         confs = [torch.ones(b, rows, cols, device=lr.device) for _ in range(t_out)]
         jobs = [(k, top, left, part) for k in range(b) for top, left, part in grid.parts]
-        decode_steps = (len(grid.parts) if self.use_ccm else 0) + _decode_tiles(rows, cols)
+        # progress steps: each window generated, each CCM window fused, each decoder tile
+        decode_steps = (len(grid.parts) if self.use_ccm else 0) + grid_tile_count(rows, cols, CONV_TILE, CONV_MARGIN)
         self._start_progress(len(jobs) + t_out * b * decode_steps)
         rng = self._rng()
         for n in range(0, len(jobs), self.batch):
@@ -347,11 +348,6 @@ class RealSRTMethod:
     ) -> None:
         path = save_step_figure(self._figure_path(index), lr, images, confs)
         log.info("wrote step figure %s", path)
-
-
-def _decode_tiles(rows: int, cols: int) -> int:
-    """How many decoder tiles `RealSRTMethod._decode_map` runs for a ``rows x cols`` token map."""
-    return tile_count(rows, cols, CONV_TILE, CONV_MARGIN)
 
 
 # --- factory ---------------------------------------------------------------------------------
