@@ -327,10 +327,10 @@ def test_dry_run_prints_sizes_time_and_memory_and_writes_nothing(make_image, tmp
     make_image("small.png", "RGB", size=(20, 10), folder=src)
     make_image("gray.jpg", "L", size=(30, 40), folder=src)
     out = tmp_path / "out"
-    rc = main(["upscale", str(src), "-o", str(out), "--method", "realsrt", "--dry-run"])
+    rc = main(["upscale", str(src), "-o", str(out), "--method", "realsrt", "--dry-run", "--precision", "fp32"])
     assert rc == 0 and not out.exists()
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("dry run: realsrt x4, 2 image(s)")
+    assert lines[0].startswith("dry run: realsrt x4 (fp32), 2 image(s)")
     gray = next(line for line in lines if "gray.jpg" in line)
     # 120 x 160 = 0.0192 MP at the table's realsrt s/MP plus the writing cost
     from tokensr.inference.costs import SECONDS_PER_MP, WRITE_SECONDS_PER_MP
@@ -360,6 +360,26 @@ def test_dry_run_estimates_follow_the_speed_table() -> None:
     # a streamed PNG never holds the output: its 3 bytes per output pixel come off
     streamed = estimate("ugtsr", 6000, 4000, 4, tile=512, streamed=True)
     assert big.peak_bytes - streamed.peak_bytes == 3 * 24000 * 16000 and streamed.peak_bytes < 3e9
+
+
+def test_dry_run_time_follows_the_precision(make_image, tmp_path: Path, capsys) -> None:
+    from tokensr.inference.costs import BF16_TIME_SHARE, SECONDS_PER_MP, WRITE_SECONDS_PER_MP, estimate
+
+    for method, share in BF16_TIME_SHARE.items():
+        bf16 = estimate(method, 1000, 1000, 4, tile=512, precision="bf16")
+        assert bf16.seconds == pytest.approx((SECONDS_PER_MP[method] * share + WRITE_SECONDS_PER_MP) * 16)
+        assert 0.3 < share < 1.0  # measured faster, and by a plausible factor
+    # bicubic runs no network: the same time either way
+    assert estimate("bicubic", 900, 900, 4, tile=512, precision="bf16") == estimate("bicubic", 900, 900, 4, tile=512)
+    src = make_image("one.png", "RGB", size=(25, 20))
+    assert (
+        main(
+            ["upscale", str(src), "-o", str(tmp_path / "o"), "--method", "realsrt", "--dry-run", "--precision", "bf16"]
+        )
+        == 0
+    )
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("dry run: realsrt x4 (bf16), 1 image(s)")
 
 
 def test_dry_run_counts_the_output_only_where_it_is_held(tmp_path: Path, capsys) -> None:

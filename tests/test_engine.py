@@ -245,6 +245,27 @@ def test_gradient_accumulation_equals_a_big_batch(tmp_path: Path) -> None:
     assert not torch.allclose(wa, c.modules["net"].weight, atol=1e-4)  # the comparison can fail
 
 
+def test_bf16_autocast_trains_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """amp=bf16 runs the losses under CPU autocast (weights and optimizer stay float32);
+    amp=fp16 is CUDA only and ignored on the CPU."""
+    seen: list[torch.dtype] = []
+    losses = ToyTask.losses
+
+    def spy(self: ToyTask, batch: dict[str, torch.Tensor], step: int) -> Any:
+        seen.append(self.net(batch["x"]).dtype)
+        return losses(self, batch, step)
+
+    monkeypatch.setattr(ToyTask, "losses", spy)
+    bf16 = run_toy(tmp_path / "bf16", amp="bf16", max_steps=3)
+    assert bf16.amp_dtype == torch.bfloat16 and seen == [torch.bfloat16] * 3
+    assert bf16.modules["net"].weight.dtype == torch.float32
+    plain = run_toy(tmp_path / "fp32", max_steps=3)
+    assert not torch.equal(bf16.modules["net"].weight, plain.modules["net"].weight)
+    assert torch.allclose(bf16.modules["net"].weight, plain.modules["net"].weight, atol=0.05)
+    seen.clear()
+    assert run_toy(tmp_path / "fp16", amp="fp16", max_steps=1).amp_dtype is None and seen == [torch.float32]
+
+
 def test_each_loss_trains_only_its_own_optimizer(tmp_path: Path) -> None:
     torch.manual_seed(0)
     start = ToyTask({}, torch.device("cpu")).other.weight.detach().clone()

@@ -237,8 +237,8 @@ def test_progress_callback_per_image_and_tile(make_image, tmp_path: Path) -> Non
 def test_fp16_on_cpu_is_refused() -> None:
     img = LoadedImage.from_planes(np.zeros((4, 4, 3), dtype=np.float32))
     with pytest.raises(OptionError, match="CUDA"):
-        render_image(img, Bicubic(2), fp16=True)
-    assert render_image(img, Bicubic(2)).pixels.shape == (8, 8, 3)
+        render_image(img, Bicubic(2), precision="fp16")
+    assert render_image(img, Bicubic(2), precision="bf16").pixels.shape == (8, 8, 3)
 
 
 # ---------------------------------------------------------------- PNG rows streamed to the file

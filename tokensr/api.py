@@ -21,6 +21,7 @@ import torch
 
 from tokensr.errors import OptionError
 from tokensr.inference.pipeline import DEFAULT_OVERLAP, upscale_image
+from tokensr.inference.precision import DEFAULT_PRECISION
 from tokensr.inference.tiling import Progress
 from tokensr.io import LoadedImage, from_pil, read_image, to_pil
 from tokensr.methods import METHODS, build_method
@@ -161,6 +162,7 @@ def upscale(
     tile_overlap: int = DEFAULT_OVERLAP,
     tile_batch: int = 1,
     progress: bool | Progress = False,
+    precision: str = DEFAULT_PRECISION,
     **options: Any,
 ) -> Any:
     """Upscale a PIL image, a numpy array or an image file; returns the same kind of image.
@@ -179,6 +181,8 @@ def upscale(
     progress: True draws a tile progress bar on stderr (in a terminal); a callable
         ``progress(done, total)`` is called after every batch of tiles instead (e.g. to drive
         a web page's progress display).
+    precision: the method's arithmetic, ``auto`` (bf16 on a CPU with native bfloat16, else
+        fp32), ``fp32``, ``bf16`` or ``fp16`` (CUDA); see ``tokensr.inference.precision``.
     Alpha is upscaled separately (bicubic); gray stays gray; ICC profiles are kept.
     """
     from PIL import Image
@@ -189,7 +193,9 @@ def upscale(
         method = default_method(scale)
     sr_method = load(method, scale=scale, device=device, **options)
     callback = progress if callable(progress) else None
-    run = dict(tile=tile, overlap=tile_overlap, batch=tile_batch, quiet=not progress, progress=callback)
+    run = dict(
+        tile=tile, overlap=tile_overlap, batch=tile_batch, quiet=not progress, progress=callback, precision=precision
+    )
     if isinstance(image, Image.Image):
         result = upscale_image(from_pil(image), sr_method, **run)  # type: ignore[arg-type]
         return to_pil(result)

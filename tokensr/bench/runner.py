@@ -32,6 +32,7 @@ from tokensr.bench.figures import busiest_window, side_by_side, steps_plot, trad
 from tokensr.bench.report import markdown_tables, summarize, write_csv
 from tokensr.bench.spec import MethodSpec
 from tokensr.errors import OptionError
+from tokensr.inference.precision import autocast, resolve_precision
 from tokensr.metrics.image import quantize, read_rgb
 from tokensr.metrics.suite import METRICS, MetricSuite
 
@@ -48,6 +49,7 @@ class BenchConfig:
     out: Path
     scale: int = 4
     device: str = "cpu"
+    precision: str = "auto"  # the methods' arithmetic (tokensr.inference.precision), as the CLI's default
     metrics: list[str] = field(default_factory=lambda: list(PAIRED_METRICS))
     metric_weights: str | None = None
     max_images: int | None = None
@@ -124,8 +126,8 @@ def build_methods(cfg: BenchConfig, build: Builder) -> list[tuple[MethodSpec, Ca
     return built
 
 
-def _warm_up(method: Callable[[torch.Tensor], torch.Tensor], device: str) -> None:
-    with torch.no_grad():
+def _warm_up(method: Callable[[torch.Tensor], torch.Tensor], device: str, precision: str) -> None:
+    with torch.no_grad(), autocast(precision, device):
         method(torch.full((1, 3, 16, 16), 0.5, device=device))
     _sync(device)
 
@@ -149,9 +151,10 @@ def run_bench(cfg: BenchConfig, build: Builder | None = None) -> BenchResult:
     if len(set(names)) != len(names):
         raise OptionError("two data folders have the same name; results would be mixed up")
     suite = MetricSuite(cfg.metrics, crop_border=cfg.scale, weights_dir=cfg.metric_weights, device=cfg.device)
+    precision = resolve_precision(cfg.precision, cfg.device)
     methods = build_methods(cfg, build)
     for _, method in methods:
-        _warm_up(method, cfg.device)
+        _warm_up(method, cfg.device, precision)
 
     out = Path(cfg.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -176,8 +179,8 @@ def run_bench(cfg: BenchConfig, build: Builder | None = None) -> BenchResult:
                     x = _to_tensor(lr, cfg.device)
                     _sync(cfg.device)
                     start = time.perf_counter()
-                    with torch.no_grad():
-                        y = method(x)
+                    with torch.no_grad(), autocast(precision, cfg.device):
+                        y = method(x).float()
                     _sync(cfg.device)
                     seconds = time.perf_counter() - start
                     sr = quantize(y)
@@ -339,7 +342,8 @@ def _summary_markdown(
         "",
         f"tokensr {__version__}, {time.strftime('%Y-%m-%d %H:%M')}; methods: "
         + ", ".join(f"`{s.label}`" for s in cfg.methods)
-        + f"; device `{cfg.device}`; {os.cpu_count()} CPU cores visible, torch threads {threads}; "
+        + f"; device `{cfg.device}`, precision {resolve_precision(cfg.precision, cfg.device)}; "
+        + f"{os.cpu_count()} CPU cores visible, torch threads {threads}; "
         + f"{platform.machine()} {platform.system()}.",
         "",
         f"Means over images. PSNR/SSIM on the MATLAB-Y channel and NIQE with {cfg.scale} border "

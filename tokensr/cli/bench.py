@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=int, default=4, choices=(2, 4), help="upscaling factor (default 4)")
     parser.add_argument("--device", default="cpu", help="torch device for the methods (default cpu)")
     parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),  # tokensr.inference.precision.PRECISIONS
+        default="auto",
+        help="the methods' arithmetic, as for upscale (default auto: bf16 on a CPU with native bfloat16)",
+    )
+    parser.add_argument(
         "--metrics",
         default="psnr,ssim,niqe",
         help="comma-separated metrics: psnr, ssim, ms_ssim, niqe, lpips, lpips_alex, dists "
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         scale=args.scale,
         device=args.device,
+        precision=args.precision,
         metrics=parse_metric_names(args.metrics),
         metric_weights=args.metric_weights,
         max_images=args.max_images,

@@ -74,7 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tile-overlap", type=int, default=16, metavar="PX", help="overlap between tiles (default: 16)")
     add("--tile-batch", type=int, default=1, metavar="N", help="tiles per forward pass (default: 1)")
     add("--device", default="cpu", metavar="DEVICE", help="cpu or cuda (default: cpu)")
-    add("--fp16", action="store_true", help="half precision on CUDA (faster, less GPU memory); not on CPU")
+    add(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),  # tokensr.inference.precision.PRECISIONS
+        default=None,
+        help="the method's arithmetic: auto = bf16 on a CPU with native bfloat16, else fp32; "
+        "fp16 needs CUDA (default: auto)",
+    )
+    add("--fp16", action="store_true", help="the same as --precision fp16 (CUDA only)")
     add("--seed", type=int, default=None, metavar="N", help="seed torch, numpy and random (for sampling methods)")
     add("--overwrite", action="store_true", help="replace existing output files (never an input file)")
     add(
@@ -212,10 +219,9 @@ def _run(args: argparse.Namespace) -> int:
     naming = _naming(args)
     fail_log = _check_fail_log(args)
     device = check_device(args.device)
-    if args.fp16 and not device.startswith("cuda"):
-        raise OptionError(f"--fp16 needs --device cuda (this run is on {device}, where tokensr uses float32)")
+    precision = _precision(args, device)
     if args.dry_run:
-        return _dry_run(args)
+        return _dry_run(args, precision)
     if args.seed is not None:
         seed_everything(args.seed)
     options = method_options(args)
@@ -226,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         method = build_method(method_name, scale=scale, weights=str(folder), device=device, **options)
     else:
         method = load(args.method or default_method(args.scale), scale=args.scale, device=device, **options)
-    logging.getLogger(__name__).info("method: %s x%d on %s", method.name, method.scale, device)
+    logging.getLogger(__name__).info("method: %s x%d on %s (%s)", method.name, method.scale, device, precision)
     summary = upscale_files(
         args.inputs,
         args.output,
@@ -241,13 +247,26 @@ def _run(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         naming=naming,
         outscale=args.outscale,
-        fp16=args.fp16,
+        precision=precision,
     )
     if fail_log is not None:
         from tokensr.io.write import atomic_write
 
         atomic_write(fail_log, summary.fail_log().encode("utf-8"), overwrite=True)
     return 0 if summary.ok else 1
+
+
+def _precision(args: argparse.Namespace, device: str) -> str:
+    """--precision (or its shorthand --fp16) resolved for ``device``: fp32, bf16 or fp16."""
+    from tokensr.inference.precision import DEFAULT_PRECISION, resolve_precision
+
+    if args.fp16 and args.precision not in (None, "fp16"):
+        raise OptionError(f"--fp16 and --precision {args.precision} contradict each other; give one of them")
+    asked = "fp16" if args.fp16 else args.precision or DEFAULT_PRECISION
+    if asked == "fp16" and not device.startswith("cuda"):
+        flag = "--fp16" if args.fp16 else "--precision fp16"
+        raise OptionError(f"{flag} needs --device cuda (this run is on {device}; use --precision fp32 or bf16)")
+    return resolve_precision(asked, device)
 
 
 def _weights_method(args: argparse.Namespace) -> tuple[str, Path, int]:
@@ -260,7 +279,7 @@ def _weights_method(args: argparse.Namespace) -> tuple[str, Path, int]:
     return method_name, folder, args.scale or int(config.get("scale", 4))
 
 
-def _dry_run(args: argparse.Namespace) -> int:
+def _dry_run(args: argparse.Namespace, precision: str) -> int:
     """Print what each file would cost; read headers only, load no weights, write nothing."""
     from tokensr.errors import TokensrError
     from tokensr.inference.costs import estimate, format_bytes, format_seconds
@@ -276,7 +295,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     failed = [message for _, message in missing]
     protect = [src for src, _ in pairs]
     total_seconds, peak = 0.0, 0
-    print(f"dry run: {method_name} x{scale}, {len(pairs)} image(s); times are for 2 CPU cores")
+    print(f"dry run: {method_name} x{scale} ({precision}), {len(pairs)} image(s); times are for 2 CPU cores")
     for message in failed:
         print(f"would fail: {message}")
     for src, dst in pairs:
@@ -305,6 +324,7 @@ def _dry_run(args: argparse.Namespace) -> int:
             bit_depth=header.bit_depth,
             final=final,
             streamed=streams_to_png(dst, header.width, header.height, scale, final),
+            precision=precision,
         )
         if not note:
             total_seconds += cost.seconds

@@ -90,11 +90,17 @@ def color_fix(
     levels: int = DEFAULT_WAVELET_LEVELS,
 ) -> torch.Tensor:
     """Apply the colour fix called ``mode`` ('adain', 'wavelet' or 'none'); ``levels`` is the
-    wavelet pyramid's depth (ignored by the others)."""
-    if mode == "adain":
-        return adain(content, style)
-    if mode == "wavelet":
-        return wavelet_color_fix(content, style, levels)
-    if mode == "none":
+    wavelet pyramid's depth (ignored by the others).
+
+    The fix always computes in float32 and returns float32, under bf16 / fp16 autocast too: a
+    method's low-precision output is widened here, and the blur of the wavelet pyramid is not
+    rounded to 8 bits of mantissa (`tokensr.inference.precision`)."""
+    if mode not in COLOR_FIXES:
+        raise OptionError(f"unknown colour fix '{mode}' (choose from {', '.join(COLOR_FIXES)})")
+    with torch.autocast(content.device.type, enabled=False):
+        content, style = content.float(), style.float()
+        if mode == "adain":
+            return adain(content, style)
+        if mode == "wavelet":
+            return wavelet_color_fix(content, style, levels)
         return content
-    raise OptionError(f"unknown colour fix '{mode}' (choose from {', '.join(COLOR_FIXES)})")

@@ -51,6 +51,16 @@ SECONDS_PER_MP: dict[str, float] = {
     "bicubic": 0.15,
 }
 UNKNOWN_SECONDS_PER_MP = 25.0  # a method not in the table (the slowest known, rounded up)
+# With precision bf16 (the default ``auto`` on a CPU with native bfloat16; see
+# tokensr.inference.precision), the share of the float32 time a method takes: measured in
+# ``tokensr bench`` runs of the same images in both precisions (docs/usage.md, "Precision":
+# the 20 photos of the validation split, 2 idle cores, 2026-12-07). Methods not listed do not
+# run torch networks (bicubic, the ncnn peers) or were not measured.
+BF16_TIME_SHARE: dict[str, float] = {
+    "realsrt": 0.63,
+    "iter": 0.55,
+    "ugtsr": 0.53,
+}
 WRITE_SECONDS_PER_MP = 0.4  # quantising and PNG-encoding the result
 
 # Resident memory before the first image: interpreter, torch, the method's weights. Measured:
@@ -118,6 +128,7 @@ def estimate(
     bit_depth: int = 8,
     final: tuple[int, int] | None = None,
     streamed: bool = False,
+    precision: str = "fp32",
 ) -> CostEstimate:
     """Cost of upscaling a ``width x height`` image by ``scale`` with ``method``.
 
@@ -126,10 +137,15 @@ def estimate(
         are held next to the method's output while it is resized.
     streamed: the rows go straight to the output file (PNG, not resized), so the output is
         never held and its bytes are not counted.
+    precision: the resolved precision the method runs in (``fp32`` or ``bf16``; see
+        `BF16_TIME_SHARE`).
     """
     out_w, out_h = width * scale, height * scale
     out_px = out_w * out_h
-    seconds = (SECONDS_PER_MP.get(method, UNKNOWN_SECONDS_PER_MP) + WRITE_SECONDS_PER_MP) * out_px / 1e6
+    rate = SECONDS_PER_MP.get(method, UNKNOWN_SECONDS_PER_MP)
+    if precision == "bf16":
+        rate *= BF16_TIME_SHARE.get(method, 1.0)
+    seconds = (rate + WRITE_SECONDS_PER_MP) * out_px / 1e6
     work = WORK_BYTES_PER_TILE_PX.get(method, UNKNOWN_WORK_BYTES)
     if tile is None:
         working = work * out_px
@@ -169,6 +185,7 @@ def format_bytes(n: float) -> str:
 
 __all__ = [
     "BASE_MB",
+    "BF16_TIME_SHARE",
     "WORK_FIXED_MB",
     "SECONDS_PER_MP",
     "WRITE_SECONDS_PER_MP",

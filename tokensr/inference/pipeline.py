@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from tokensr.errors import OptionError, TokensrError
+from tokensr.inference.precision import autocast
 from tokensr.inference.progress import ProgressBar
 from tokensr.inference.tiling import Progress, upscale_tiled, upscale_tiled_rows
 from tokensr.io import (
@@ -120,19 +121,22 @@ def upscale_image(
     device: str | torch.device | None = None,
     quiet: bool = False,
     progress: Progress | None = None,
+    precision: str = "fp32",
 ) -> LoadedImage:
     """Upscale one image by ``method.scale``; metadata (gray, bit depth, ICC, source) is kept.
 
     The result is float32 (`LoadedImage`); `render_image` gives the same pixels as uint8/uint16
     with far less memory. ``tile``: None = automatic, 0 = one pass (see `resolve_tile`).
     ``quiet=False`` without ``progress`` shows a tile bar on stderr when stderr is a terminal.
+    ``precision``: see `render_image`.
     """
     run_on = torch.device(device) if device is not None else method_device(method)
     lr = torch.from_numpy(np.ascontiguousarray(loaded.rgb)).permute(2, 0, 1)[None]
     use_tile = resolve_tile(tile, loaded.height, loaded.width, method)
-    sr = upscale_tiled(
-        method, lr, tile=use_tile, overlap=overlap, batch=batch, device=run_on, quiet=quiet, progress=progress
-    )
+    with autocast(precision, run_on):
+        sr = upscale_tiled(
+            method, lr, tile=use_tile, overlap=overlap, batch=batch, device=run_on, quiet=quiet, progress=progress
+        )
     rgb = sr[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
     if loaded.grayscale:
         # The method ran on three equal channels; collapse its output back to one.
@@ -152,7 +156,7 @@ def render_rows(
     *,
     device: str | torch.device | None = None,
     progress: Progress | None = None,
-    fp16: bool = False,
+    precision: str = "fp32",
 ) -> tuple[int, int]:
     """Upscale one image and hand its finished rows, as uint8 / uint16 pixels (the source's bit
     depth, alpha included), to ``emit(rows)``: top to bottom, ``n x W x C`` at most
@@ -182,9 +186,7 @@ def render_rows(
 
     lr = torch.from_numpy(np.ascontiguousarray(loaded.rgb)).permute(2, 0, 1)[None]
     use_tile = resolve_tile(tile, loaded.height, loaded.width, method)
-    if fp16 and run_on.type != "cuda":
-        raise OptionError(f"half precision (--fp16) needs a CUDA device, not {run_on}; on CPU tokensr runs in float32")
-    with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
+    with autocast(precision, run_on):
         out_h, out_w = upscale_tiled_rows(method, lr, sink, use_tile, overlap, batch, device=run_on, progress=progress)
     return out_w, out_h
 
@@ -220,14 +222,15 @@ def render_image(
     *,
     device: str | torch.device | None = None,
     progress: Progress | None = None,
-    fp16: bool = False,
+    precision: str = "fp32",
 ) -> PixelImage:
     """Upscale one image straight into uint8 / uint16 pixels (the source's bit depth).
 
     Same result as ``upscale_image(...).to_pixels()``, but finished rows are quantised as the
     tiles produce them, so the float image never exists: peak memory is the output's own bytes
     plus one band of tiles. ``tile``: None = automatic, 0 = one pass (see `resolve_tile`).
-    ``fp16``: run the method under CUDA autocast to float16 (blending stays float32).
+    ``precision``: ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``auto``, the arithmetic the method
+    runs in (`tokensr.inference.precision`; blending stays float32).
     `render_png` writes the same pixels to a PNG file without holding them.
     """
     scale = int(method.scale)
@@ -240,7 +243,7 @@ def render_image(
         pixels[filled : filled + rows.shape[0]] = rows
         filled += rows.shape[0]
 
-    render_rows(loaded, method, keep, tile, overlap, batch, device=device, progress=progress, fp16=fp16)
+    render_rows(loaded, method, keep, tile, overlap, batch, device=device, progress=progress, precision=precision)
     return PixelImage(pixels, icc_profile=loaded.icc_profile, source=loaded.source)
 
 
@@ -254,7 +257,7 @@ def render_png(
     *,
     device: str | torch.device | None = None,
     progress: Progress | None = None,
-    fp16: bool = False,
+    precision: str = "fp32",
     overwrite: bool = False,
     protect: Sequence[str | os.PathLike[str]] = (),
 ) -> tuple[int, int]:
@@ -278,7 +281,9 @@ def render_png(
         overwrite=overwrite,
         protect=keep_safe,
     ) as write:
-        size = render_rows(loaded, method, write, tile, overlap, batch, device=device, progress=progress, fp16=fp16)
+        size = render_rows(
+            loaded, method, write, tile, overlap, batch, device=device, progress=progress, precision=precision
+        )
     return size
 
 
@@ -531,7 +536,7 @@ def upscale_files(
     progress: Callable[[Path], Progress] | None = None,
     naming: OutputNaming | None = None,
     outscale: float | None = None,
-    fp16: bool = False,
+    precision: str = "fp32",
 ) -> UpscaleSummary:
     """Upscale image files and folders into ``out``; one failing file never stops the rest.
 
@@ -544,7 +549,7 @@ def upscale_files(
     naming: output names and format, recursion into sub-folders (`OutputNaming`).
     outscale: the final size is the input's times this (the method runs at its own scale,
         then the result is resized; see `resize_pixels`); None = the method's scale.
-    fp16: run the method in half precision (CUDA only).
+    precision: the arithmetic the method runs in (`tokensr.inference.precision`).
 
     Raises OptionError only for problems with the arguments as a whole (no inputs, OUT names
     a file while several images were given, skip_existing with overwrite); everything per
@@ -586,13 +591,15 @@ def upscale_files(
                     batch,
                     device=device,
                     progress=bar,
-                    fp16=fp16,
+                    precision=precision,
                     overwrite=overwrite,
                     protect=protect,
                 )
                 _close(bar)
             else:
-                result = render_image(loaded, method, tile, overlap, batch, device=device, progress=bar, fp16=fp16)
+                result = render_image(
+                    loaded, method, tile, overlap, batch, device=device, progress=bar, precision=precision
+                )
                 _close(bar)
                 result = resize_pixels(result, *final)
                 write_image(result, dst, overwrite=overwrite, protect=protect)

@@ -48,7 +48,7 @@ class EngineConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)
     threads: int | None = None  # torch CPU threads per process (None: torch's default)
-    amp: str = "none"  # none | bf16 | fp16 (CUDA only; fp16 uses a GradScaler)
+    amp: str = "none"  # none | bf16 (CPU and CUDA) | fp16 (CUDA only; uses a GradScaler)
     optim: dict[str, dict[str, Any]] = field(default_factory=dict)  # per optimizer name, plus "default"
     lr_schedule: str = "cosine"  # cosine | constant (both after the linear warm-up)
     warmup_steps: int = 0

@@ -30,6 +30,7 @@ from PIL import Image
 
 from tokensr.errors import TokensrError
 from tokensr.inference.pipeline import render_image
+from tokensr.inference.precision import DEFAULT_PRECISION
 from tokensr.inference.tiling import Progress as TileProgress
 from tokensr.io import LoadedImage, PixelImage, decode_image, to_pil, write_image
 from tokensr.methods.base import SRMethod
@@ -182,7 +183,9 @@ class Upscaler:
             if hasattr(method, "figure_name"):  # methods that save step figures name them after this
                 method.figure_name = f"{folder.parent.name}-{folder.name}"
             # A step figure shows the whole image, so it needs one pass; otherwise tiles as the CLI does.
-            sr = render_image(loaded, method, tile=0 if options.save_steps else None, progress=tiles)
+            sr = render_image(
+                loaded, method, tile=0 if options.save_steps else None, progress=tiles, precision=DEFAULT_PRECISION
+            )
             out = folder / f"{Path(name).stem}_x{options.scale}{output_suffix(loaded, options.keep_format)}"
             write_image(sr, out)
             before, after = self._previews(loaded, sr, folder)
