@@ -19,7 +19,7 @@ import platform
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -151,10 +151,10 @@ def run_bench(cfg: BenchConfig, build: Builder | None = None) -> BenchResult:
     if len(set(names)) != len(names):
         raise OptionError("two data folders have the same name; results would be mixed up")
     suite = MetricSuite(cfg.metrics, crop_border=cfg.scale, weights_dir=cfg.metric_weights, device=cfg.device)
-    precision = resolve_precision(cfg.precision, cfg.device)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, cfg.device))  # 'auto' made concrete once
     methods = build_methods(cfg, build)
     for _, method in methods:
-        _warm_up(method, cfg.device, precision)
+        _warm_up(method, cfg.device, cfg.precision)
 
     out = Path(cfg.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,7 @@ def run_bench(cfg: BenchConfig, build: Builder | None = None) -> BenchResult:
                     x = _to_tensor(lr, cfg.device)
                     _sync(cfg.device)
                     start = time.perf_counter()
-                    with torch.no_grad(), autocast(precision, cfg.device):
+                    with torch.no_grad(), autocast(cfg.precision, cfg.device):
                         y = method(x).float()
                     _sync(cfg.device)
                     seconds = time.perf_counter() - start
@@ -342,7 +342,7 @@ def _summary_markdown(
         "",
         f"tokensr {__version__}, {time.strftime('%Y-%m-%d %H:%M')}; methods: "
         + ", ".join(f"`{s.label}`" for s in cfg.methods)
-        + f"; device `{cfg.device}`, precision {resolve_precision(cfg.precision, cfg.device)}; "
+        + f"; device `{cfg.device}`, precision {cfg.precision}; "
         + f"{os.cpu_count()} CPU cores visible, torch threads {threads}; "
         + f"{platform.machine()} {platform.system()}.",
         "",

@@ -7,10 +7,10 @@
   matrix products compute in bfloat16 (with float32 sums), and what follows them stays
   bfloat16 until it meets a float32 tensor. The weights stay float32, and the parts where
   rounding would pick other results stay float32: the quantizers' nearest-code search, the
-  colour fix (`tokensr.inference.colorfix`) and the blending of tiles. On a CPU with native bfloat16 instructions
-  (AVX512-BF16 or AMX) these products take a quarter of the time, so a learned method takes
-  about a third less in all (docs/usage.md, "Precision"); on a CPU without them bfloat16 is
-  emulated and slower than float32.
+  colour fix (`tokensr.inference.colorfix`) and the blending of tiles. On a CPU with native
+  bfloat16 instructions (AVX512-BF16 or AMX) these products take a quarter of the time, so a
+  learned method takes about half to two thirds of its float32 time in all (docs/usage.md,
+  "Precision"); on a CPU without them bfloat16 is emulated and slower than float32.
 - ``"fp16"``: float16 autocast, CUDA only.
 - ``"auto"`` (:data:`DEFAULT_PRECISION`, what the CLI, the Python API and the web app use):
   ``bf16`` on a CPU that has native bfloat16, else ``fp32``. On CUDA ``auto`` is ``fp32``;
