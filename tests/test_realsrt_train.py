@@ -145,6 +145,40 @@ def test_ccm_losses_see_the_unclamped_decoder_output(generator_folder: Path, tmp
     assert logs["l2"] > float(((raw.clamp(0, 1) - batch["hr"]) ** 2).mean()) * 1.5
 
 
+def test_ccm_usm_target_aims_the_pixel_terms_at_the_sharpened_crop(generator_folder: Path, tmp_path: Path) -> None:
+    """losses.usm_target: Real-ESRGAN's recipe. The pixel terms use the batch's ``hr_usm``, the
+    discriminator the plain ``hr``; the training data is asked for the sharpened crop."""
+    task = CCMTask(
+        {
+            "init": str(generator_folder),
+            "tokens": "gt",
+            "losses": {"perceptual": 0, "gan": 0.8, "disc_start": 0, "usm_target": True},
+            "discriminator": {"type": "patch", "ndf": 8, "n_layers": 2},
+        },
+        "cpu",
+    )
+    batch = tiny_batch(2)
+    batch["hr_usm"] = (batch["hr"] * 1.3 - 0.15).clamp(0, 1)
+    seen: list[torch.Tensor] = []
+    features = task.discriminator.features  # type: ignore[union-attr]
+    task.discriminator.features = lambda x: seen.append(x) or features(x)  # type: ignore[union-attr, method-assign]
+    task.loss.feature_matching = 1.0
+    with torch.no_grad():
+        cond = task.model.condition(batch["lr"])
+        ids = task.model.tokenizer.tokenize(batch["hr"]).flatten(1)
+        raw = task.model.decode(ids, cond.hw, cond.lr_up, clamp=False)
+    _, logs = task.losses(batch, step=0)
+    assert logs["l2"] == pytest.approx(float(((raw - batch["hr_usm"]) ** 2).mean()), rel=1e-4)
+    assert torch.allclose(seen[1], batch["hr"] * 2 - 1)  # the real images: the plain crop
+    data = tmp_path / "photos"
+    data.mkdir()
+    from PIL import Image
+
+    Image.fromarray((torch.rand(48, 48, 3) * 255).byte().numpy()).save(data / "a.png")
+    task.cfg = {**task.cfg, "data": {"root": str(data), "texture_threshold": 0}}
+    assert "hr_usm" in task.train_dataset()[0]
+
+
 def test_ccm_task_gan_branch(generator_folder: Path) -> None:
     task = CCMTask(
         {

@@ -134,6 +134,23 @@ def test_image_loss_gan_starts_at_disc_start_and_balances_adaptively() -> None:
     assert fixed.g.item() == pytest.approx(0.5 * fixed.logs["g_adv"], rel=1e-5)
 
 
+def test_image_loss_disc_warmup_trains_only_the_discriminator_first() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(3, 3, 3, padding=1)
+    disc = build_discriminator({"type": "patch", "ndf": 4, "n_layers": 2})
+    loss = L.ImageLoss({"l1": 1.0, "gan": 0.5, "disc_start": 2, "disc_warmup": 3}, discriminator=disc)
+    x, target = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    out = layer(x)
+    assert loss(out, target, step=1, last_layer=layer.weight).d is None  # before disc_start: nothing
+    for step in (2, 4):  # warming up: the discriminator learns, the generator sees its pixels only
+        warm = loss(out, target, step=step, last_layer=layer.weight)
+        assert warm.d is not None and torch.equal(warm.g, warm.nll)
+    after = loss(out, target, step=5, last_layer=layer.weight)
+    assert not torch.equal(after.g, after.nll)
+    expected = after.nll + 0.5 * after.logs["adaptive_weight"] * after.logs["g_adv"]
+    assert after.g.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_discriminator_init_warm_starts_from_a_checkpoint_or_safetensors(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 

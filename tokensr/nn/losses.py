@@ -340,7 +340,9 @@ class ImageLoss(nn.Module):
     - ``ms_ssim``: ``1 - MS-SSIM``; ``perceptual``: the weight of the ``perceptual`` module
       (:func:`build_perceptual`: VGG19, or a substitute that needs no weights);
     - ``gan``: the hinge GAN term's weight, active from step ``disc_start`` on when a
-      ``discriminator`` is given; with ``adaptive`` (default) it is scaled by taming's
+      ``discriminator`` is given (for the first ``disc_warmup`` of those steps only the
+      discriminator learns: a fresh one is not left to steer a trained generator); with
+      ``adaptive`` (default) it is scaled by taming's
       adaptive weight (:func:`adaptive_gan_weight`, at most ``max_gan_weight``) on the
       generator's ``last_layer``;
     - ``feature_matching``: pix2pixHD's discriminator feature matching, added to the
@@ -364,6 +366,7 @@ class ImageLoss(nn.Module):
         self.gan_weight = float(weights.get("gan", 0.0))
         self.feature_matching = float(weights.get("feature_matching", 0.0))
         self.disc_start = int(weights.get("disc_start", 0))
+        self.disc_warmup = int(weights.get("disc_warmup", 0))
         self.adaptive = bool(weights.get("adaptive", True))
         self.max_gan_weight = float(weights.get("max_gan_weight", 1e4))
         self.input_range = (float(input_range[0]), float(input_range[1]))
@@ -415,19 +418,22 @@ class ImageLoss(nn.Module):
         *,
         last_layer: torch.Tensor | None = None,
         sample_weight: torch.Tensor | None = None,
+        real: torch.Tensor | None = None,
     ) -> ImageLossOutput:
         """All terms for a generated batch ``out`` against ``target`` at optimizer step ``step``.
 
         The discriminator sees ``out`` with gradient (the generator's term) and detached (its
         own hinge loss); the task returns ``d`` under the discriminator's optimizer, so only
-        the discriminator's weights learn from it.
+        the discriminator's weights learn from it. Its real images (and feature matching's) are
+        ``real`` when given, else ``target``: Real-ESRGAN's pixel and perceptual terms aim at a
+        USM-sharpened target while its discriminator sees the plain one.
         """
         nll, logs = self.reconstruction(out, target, sample_weight)
         if not self.gan_active(step):
             return ImageLossOutput(nll, nll, None, logs)
         disc = self.discriminator
         assert disc is not None
-        fake, real = self.to_pm1(out), self.to_pm1(target)
+        fake, real = self.to_pm1(out), self.to_pm1(target if real is None else real)
         real_logits: torch.Tensor | None = None
         if self.feature_matching > 0:
             # real logits and the real activations (detached targets) come from one pass
@@ -449,7 +455,8 @@ class ImageLoss(nn.Module):
             logs["adaptive_weight"] = aw.item()
         else:
             aw = torch.ones((), device=out.device)
-        g = nll + self.gan_weight * aw * g_adv
+        warming = step < self.disc_start + self.disc_warmup
+        g = nll if warming else nll + self.gan_weight * aw * g_adv
         logs["g_adv"] = g_adv.item()
         if real_logits is None:
             real_logits = disc(real)

@@ -38,7 +38,8 @@ Task config keys (``task_config``)::
     confidence: critic         # critic | generator
     losses: {l2: 1.0, l1: 0.0, ms_ssim: 0.0, perceptual: 0.1, vgg: null,
              substitute: {l1: 1.0, ms_ssim: 1.0}, gan: 0.8, disc_start: 2000,
-             adaptive: true, max_gan_weight: 1e4}
+             disc_warmup: 0, adaptive: true, max_gan_weight: 1e4, artifacts: 0.0,
+             artifacts_ema: 0.999, usm_target: false}
     discriminator: {type: patch, ndf: 64, n_layers: 3}
 
 Config reading, crops, the validation batch and frozen modules come from the shared task layer
@@ -58,6 +59,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from tokensr.errors import OptionError
 from tokensr.methods.realsrt.model import PRESETS, Condition, RealSRT
@@ -81,12 +83,16 @@ CCM_LOSS_DEFAULTS: dict[str, Any] = {
     "gan": 0.8,
     "feature_matching": 0.0,  # pix2pixHD discriminator feature matching (no ImageNet weights)
     "disc_start": 2000,
+    "disc_warmup": 0,  # steps from disc_start in which only the discriminator learns
     "adaptive": True,
     "max_gan_weight": 1e4,
     # LDL's artefact term (Liang et al. 2022, as Real-ESRGAN's later recipes use): L1 where the
     # CCM's output is noisier and worse than a slow EMA copy of the CCM's. Not in the paper.
     "artifacts": 0.0,
     "artifacts_ema": 0.999,
+    # Real-ESRGAN x4plus's targets: the pixel and perceptual terms aim at the USM-sharpened HR
+    # crop (the discriminator still sees the plain one). Not in the paper.
+    "usm_target": False,
 }
 
 
@@ -362,6 +368,10 @@ class CCMTask(_Stage):
         if float(self.loss_weights["artifacts"]) > 0:
             self.ccm_ref = copy.deepcopy(self.ccm).requires_grad_(False).eval()
 
+    def train_dataset(self) -> Dataset[Any]:
+        data = section(self.cfg, "data")
+        return self.dataset(data, usm_hr=True) if self.loss_weights["usm_target"] else self.dataset(data)
+
     def _perceptual(self) -> nn.Module | None:
         """VGG19 when its file is found; else the ``substitute`` weights move onto L1 and MS-SSIM."""
         from tokensr.nn.vgg import find_vgg19
@@ -434,11 +444,12 @@ class CCMTask(_Stage):
         # the losses see the decoder's unclamped output, as the reference code's: a clamp would
         # stop the gradient wherever the CCM overshoots [0, 1]
         out = self.model.decode(ids, cond.hw, cond.lr_up, clamp=False)
-        terms = self.loss(out, hr, step, last_layer=self.ccm.last_layer, sample_weight=sample_weight)
+        target = batch["hr_usm"].to(hr) if self.loss_weights["usm_target"] else hr
+        terms = self.loss(out, target, step, last_layer=self.ccm.last_layer, sample_weight=sample_weight, real=hr)
         logs = {**terms.logs, "psnr": L.psnr(out.clamp(0, 1), hr)}
         if self.ccm_ref is None:
             return terms.per_optimizer(), logs
-        artifacts = L.artifact_loss(out, self._reference_output(ids, cond), hr)
+        artifacts = L.artifact_loss(out, self._reference_output(ids, cond), target)
         logs["artifacts"] = artifacts.item()
         return terms.per_optimizer(terms.g + float(self.loss_weights["artifacts"]) * artifacts), logs
 
