@@ -179,3 +179,23 @@ def test_cli_bench(data: tuple[Path, Path], tmp_path: Path, capsys: pytest.Captu
     assert (
         main(["bench", "--methods", "bicubic", "--data", str(paired), "--out", str(out), "--metrics", "psnr,foo"]) == 1
     )
+
+
+def test_long_labels_wrap_inside_their_panel(tmp_path: Path) -> None:
+    """A long method spec under a crop is broken onto more lines (after ':' where it can) and
+    no label pixel falls into the white gap between two panels."""
+    from tokensr.bench.figures import _font, side_by_side, wrap_label
+
+    font = _font(12)
+    spec = "realsrt:weights=runs/ccm_mix85:color_fix=none"
+    label = spec + "\nPSNR 21.17"
+    lines = wrap_label(label, font, 92).split("\n")
+    assert "".join(lines) == label.replace("\n", "") and lines[-1] == "PSNR 21.17"
+    assert len(lines) >= 3 and all(font.getlength(line) <= 92 for line in lines)
+    assert all(line[-1] in ":,/=" for line in lines[:-2])  # broken after a separator
+    assert wrap_label("short", font, 92) == "short"
+    crop = np.zeros((8, 8, 3), np.uint8)
+    path = side_by_side([(spec, crop), (spec, crop)], tmp_path / "fig.png", panel_size=96)
+    img = np.asarray(Image.open(path).convert("L"))
+    gap = img[96 + 8 :, 4 + 96 : 4 + 96 + 4]  # the column between the panels, below the crops
+    assert img.shape[0] > 96 + 8 + 3 * 18 and gap.min() == 255

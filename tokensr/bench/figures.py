@@ -40,6 +40,23 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def wrap_label(label: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
+    """``label`` with every line broken to fit ``width`` pixels in ``font``: after the last
+    ``:``, ``,``, ``/`` or ``=`` that fits (method specs such as
+    ``realsrt:weights=runs/x:color_fix=none``), else after the last character that fits."""
+    out: list[str] = []
+    for line in label.split("\n"):
+        while line and font.getlength(line) > width:
+            fit = 1  # the longest head that fits (at least one character)
+            while fit < len(line) and font.getlength(line[: fit + 1]) <= width:
+                fit += 1
+            cut = max((i + 1 for i, c in enumerate(line[:fit]) if c in ":,/=" and i + 1 < len(line)), default=fit)
+            out.append(line[:cut])
+            line = line[cut:]
+        out.append(line)
+    return "\n".join(out)
+
+
 def side_by_side(
     panels: Sequence[tuple[str, np.ndarray]],
     path: str | Path,
@@ -49,6 +66,7 @@ def side_by_side(
     """Save one row of equally sized crops (uint8 ``h x w x 3``) with a label under each.
     Crops are resized with nearest neighbour so that pixels stay visible."""
     font = _font(12)
+    panels = [(wrap_label(label, font, panel_size - 4), crop) for label, crop in panels]
     label_h = 18 * max(label.count("\n") + 1 for label, _ in panels) + 4
     title_h = 20 if title else 0
     gap = 4
