@@ -18,11 +18,12 @@ an end point from a saved mixture: if ``B = (1 - m) A + m G``, then ``alpha = 1 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from tokensr.pretrained import save_weights_like
 
 
 def interpolate(
@@ -48,13 +49,7 @@ def interpolate(
                 raise SystemExit(f"interpolate_weights: error: {key} differs between {a} and {b}, outside {prefixes}")
             value = ta
         result[key] = value.to(dtype).contiguous()
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "README.md"):
-        if (a / name).is_file() and a.resolve() != out.resolve():
-            shutil.copyfile(a / name, out / name)
-    tmp = out / "model.safetensors.tmp"
-    save_file(result, str(tmp))
-    tmp.replace(out / "model.safetensors")
+    save_weights_like(result, a, out)
     return mixed
 
 

@@ -14,12 +14,13 @@ then mean something else.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from tokensr.pretrained import save_weights_like
 
 PREFIX = "tokenizer."
 SWAPPED = ("decoder.", "post_quant_conv.")
@@ -50,13 +51,7 @@ def swap_decoder(method: Path, vqgan: Path, out: Path, fp16: bool = True) -> int
                 value = value.half() if fp16 else value.float()
             state[PREFIX + key] = value
             replaced += 1
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "README.md"):
-        if (method / name).is_file() and method.resolve() != out.resolve():
-            shutil.copyfile(method / name, out / name)
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out / "model.safetensors")
+    save_weights_like(state, method, out)
     return replaced
 
 

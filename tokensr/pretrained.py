@@ -100,6 +100,18 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         raise
 
 
+def save_weights_like(state: dict[str, torch.Tensor], like: Path, out: Path) -> None:
+    """Save ``state`` as ``out``'s weights (atomically), with the config and model card of the
+    model folder ``like`` copied beside them: a saved model with edited weights, as the
+    scripts that swap a decoder or interpolate two models write it."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_NAME, "README.md"):
+        if (like / name).is_file() and like.resolve() != out.resolve():
+            text = (like / name).read_bytes()
+            atomic_write_bytes(out / name, lambda p, text=text: Path(p).write_bytes(text))
+    atomic_write_bytes(out / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+
+
 class PretrainedMixin:
     """Mixin for ``nn.Module`` subclasses built from a single dataclass ``config``.
 
