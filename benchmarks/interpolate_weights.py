@@ -45,7 +45,7 @@ def interpolate(
             value = ta.float() + alpha * (tb.float() - ta.float())
             mixed += 1
         else:
-            if not torch.equal(ta, tb) and not torch.allclose(ta.float(), tb.float(), atol=1e-3, rtol=1e-2):
+            if not torch.allclose(ta.float(), tb.float(), atol=1e-3, rtol=1e-2):
                 raise SystemExit(f"interpolate_weights: error: {key} differs between {a} and {b}, outside {prefixes}")
             value = ta
         result[key] = value.to(dtype).contiguous()

@@ -113,13 +113,22 @@ def test_image_loss_reconstruction_is_the_weighted_sum_of_its_terms() -> None:
     assert result.d is None and torch.equal(result.g, result.nll)
 
 
-def test_image_loss_gan_starts_at_disc_start_and_balances_adaptively() -> None:
+GanCase = tuple[torch.nn.Conv2d, torch.nn.Module, L.ImageLoss, torch.Tensor, torch.Tensor]
+
+
+def _gan_case(weights: dict[str, float]) -> GanCase:
+    """A one-conv "generator", a small PatchGAN, the ImageLoss of ``weights`` with it, and a
+    generated batch with its target, all in [-1, 1]."""
     torch.manual_seed(0)
     layer = torch.nn.Conv2d(3, 3, 3, padding=1)
     disc = build_discriminator({"type": "patch", "ndf": 4, "n_layers": 2})
-    loss = L.ImageLoss({"l1": 1.0, "gan": 0.5, "disc_start": 3, "feature_matching": 1.0}, discriminator=disc)
+    loss = L.ImageLoss(weights, discriminator=disc)
     x, target = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
-    out = layer(x)
+    return layer, disc, loss, layer(x), target
+
+
+def test_image_loss_gan_starts_at_disc_start_and_balances_adaptively() -> None:
+    layer, disc, loss, out, target = _gan_case({"l1": 1.0, "gan": 0.5, "disc_start": 3, "feature_matching": 1.0})
     assert loss(out, target, step=2, last_layer=layer.weight).d is None
     result = loss(out, target, step=3, last_layer=layer.weight)
     assert result.d is not None and {"g_adv", "adaptive_weight", "feature_matching", "d_hinge"} <= set(result.logs)
@@ -135,16 +144,12 @@ def test_image_loss_gan_starts_at_disc_start_and_balances_adaptively() -> None:
 
 
 def test_image_loss_disc_warmup_trains_only_the_discriminator_first() -> None:
-    torch.manual_seed(0)
-    layer = torch.nn.Conv2d(3, 3, 3, padding=1)
-    disc = build_discriminator({"type": "patch", "ndf": 4, "n_layers": 2})
-    loss = L.ImageLoss({"l1": 1.0, "gan": 0.5, "disc_start": 2, "disc_warmup": 3}, discriminator=disc)
-    x, target = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
-    out = layer(x)
+    layer, _, loss, out, target = _gan_case({"l1": 1.0, "gan": 0.5, "disc_start": 2, "disc_warmup": 3})
     assert loss(out, target, step=1, last_layer=layer.weight).d is None  # before disc_start: nothing
     for step in (2, 4):  # warming up: the discriminator learns, the generator sees its pixels only
         warm = loss(out, target, step=step, last_layer=layer.weight)
         assert warm.d is not None and torch.equal(warm.g, warm.nll)
+        assert "adaptive_weight" not in warm.logs  # not computed for a term that is not added
     after = loss(out, target, step=5, last_layer=layer.weight)
     assert not torch.equal(after.g, after.nll)
     expected = after.nll + 0.5 * after.logs["adaptive_weight"] * after.logs["g_adv"]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -107,8 +109,7 @@ def save_weights_like(state: dict[str, torch.Tensor], like: Path, out: Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG_NAME, "README.md"):
         if (like / name).is_file() and like.resolve() != out.resolve():
-            text = (like / name).read_bytes()
-            atomic_write_bytes(out / name, lambda p, text=text: Path(p).write_bytes(text))
+            atomic_write_bytes(out / name, functools.partial(shutil.copyfile, like / name))
     atomic_write_bytes(out / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
 
 

@@ -448,14 +448,16 @@ class ImageLoss(nn.Module):
             fm = weighted_mean(feature_matching_loss(fake_feats, real_feats), sample_weight)
             logs["feature_matching"] = fm.item()
             g_adv = g_adv + self.feature_matching * fm
-        if self.adaptive:
-            if last_layer is None:
-                raise ValueError("the adaptive GAN weight needs the generator's last_layer")
+        if self.adaptive and last_layer is None:
+            raise ValueError("the adaptive GAN weight needs the generator's last_layer")
+        # while the discriminator warms up the generator's term is not added, so its adaptive
+        # weight (two gradients back through the generator) is not computed either
+        warming = step < self.disc_start + self.disc_warmup
+        aw = torch.ones((), device=out.device)
+        if self.adaptive and not warming:
+            assert last_layer is not None
             aw = adaptive_gan_weight(nll, g_adv, last_layer, self.max_gan_weight)
             logs["adaptive_weight"] = aw.item()
-        else:
-            aw = torch.ones((), device=out.device)
-        warming = step < self.disc_start + self.disc_warmup
         g = nll if warming else nll + self.gan_weight * aw * g_adv
         logs["g_adv"] = g_adv.item()
         if real_logits is None:
