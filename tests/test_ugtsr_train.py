@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -338,3 +339,29 @@ def test_x2_stage_warm_starts_from_an_x4_export(stage1: Path) -> None:
             },
             "cpu",
         )
+
+
+def test_disc_warmup_keeps_the_gan_term_out_of_stage_two_at_first(stage1: Path) -> None:
+    """With ``disc_warmup`` the generator loss equals the GAN-free loss for that many steps
+    from ``disc_start`` (only the discriminator learns), then the hinge term comes in."""
+    batch = tiny_batch()
+
+    def task(losses: dict[str, Any]) -> UDLTask:
+        torch.manual_seed(0)
+        base = {"perceptual_loss": "none", "disc_start": 1}
+        return UDLTask(
+            {"init": str(stage1), "preset": "tiny", "discriminator": TINY_D, "losses": {**base, **losses}}, "cpu"
+        )
+
+    plain, warmed = task({"gan": 0}), task({"gan": 0.1, "disc_warmup": 2})
+    assert warmed.loss.disc_warmup == 2 and warmed.discriminator is not None
+    for a, b in zip(plain.model.parameters(), warmed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for step, warming in [(1, True), (2, True), (3, False)]:
+        g_plain = plain.losses(batch, step)[0]["g"]
+        losses, logs = warmed.losses(batch, step)
+        assert "d" in losses and "g_adv" in logs
+        if warming:
+            torch.testing.assert_close(losses["g"], g_plain)
+        else:
+            assert not torch.allclose(losses["g"], g_plain)

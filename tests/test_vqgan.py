@@ -11,6 +11,7 @@ import torch
 
 from tokensr.errors import OptionError
 from tokensr.nn import losses as L
+from tokensr.nn.blocks import ResnetBlock, Upsample
 from tokensr.nn.vqgan import PRESETS, VQGAN, VQGANConfig
 from tokensr.train.tasks.vqgan import VQGANTask, model_config
 
@@ -219,3 +220,36 @@ def test_task_trains_in_the_models_own_image_range(tmp_path: Path, unit_range: b
     scale = 1.0 if unit_range else 2.0  # the L1 is taken in the network's range
     assert logs["l1"] == pytest.approx(scale * float((rec01 - x).abs().mean()), rel=1e-4)
     assert logs["psnr"] == pytest.approx(L.psnr(rec01, x), abs=1e-3)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
+def test_inference_blocks_match_their_autograd_form(channels_last: bool) -> None:
+    """Without autograd Upsample runs four folded 2x2 convolutions and ResnetBlock works in
+    place; both must give what the plain (training) form gives, in any memory format."""
+    torch.manual_seed(0)
+    up, block = Upsample(6), ResnetBlock(6, 4, min_group_channels=2)
+    x = torch.randn(2, 6, 5, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        up.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        block.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    x_before = x.clone()
+    ref_up = up.conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+    ref_block = block(x)  # grad enabled: the plain form
+    assert ref_block.requires_grad
+    with torch.no_grad():
+        fast_up, fast_block = up(x), block(x)
+    assert fast_up.shape == (2, 6, 10, 14)
+    torch.testing.assert_close(fast_up, ref_up.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_block, ref_block.detach(), atol=1e-6, rtol=1e-6)
+    assert torch.equal(x, x_before)  # the in-place block leaves its input alone
+    assert fast_up.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_decoder_output_is_the_same_with_and_without_autograd() -> None:
+    torch.manual_seed(0)
+    model = VQGAN(TINY).eval()
+    z = torch.randn(1, TINY.code_dim, 6, 5)
+    with torch.no_grad():
+        fast = model.decoder(z)
+    torch.testing.assert_close(fast, model.decoder(z).detach(), atol=1e-5, rtol=1e-5)

@@ -36,7 +36,8 @@ Task config keys (``task_config`` in the YAML):
 - ``losses``: ``l1`` (1), ``perceptual`` (1; weight), ``perceptual_loss`` (``auto``: VGG19 when
   its weights are found (``TOKENSR_VGG19``), else the substitute ``tokenizer`` feature loss;
   or ``vgg``, a path to the VGG19 file, ``tokenizer``, ``ms_ssim``, ``none``),
-  ``perceptual_criterion`` (``l1``), ``gan`` (0.1; 0 = off), ``disc_start`` (0),
+  ``perceptual_criterion`` (``l1``), ``gan`` (0.1; 0 = off), ``disc_start`` (0), ``disc_warmup`` (0;
+  only the discriminator learns for that many steps from ``disc_start``),
   ``codebook`` (1), ``beta`` (0.25), ``alpha`` (1; Gram), ``codebook_on`` (``lq`` and/or
   ``fused``; unset or ``auto``: ``[lq, fused]`` for a ``residual`` fusion, whose correction the
   ``z'`` term supervises directly and which every earlier run trained with, and ``[lq]``, eq. 13
@@ -93,6 +94,7 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "perceptual_criterion": "l1",
     "gan": 0.1,
     "disc_start": 0,
+    "disc_warmup": 0,  # steps from disc_start in which only the discriminator learns (not in the paper)
     "codebook": 1.0,
     "beta": 0.25,
     "alpha": 1.0,
