@@ -111,21 +111,28 @@ class Upsample(nn.Module):
         return self.phase_forward(x)
 
     def phase_forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.conv.weight
-        out_ch, in_ch = w.shape[:2]
-        fold = _PHASE_FOLD.to(w)
-        kernels = torch.einsum("aik,oxkl,bjl->aboxij", fold, w, fold)  # [2, 2, out, in, 2, 2]
+        weight = self.conv.weight
+        out_ch, in_ch = weight.shape[:2]
+        fold = _PHASE_FOLD.to(weight)
+        kernels = torch.einsum("aik,oxkl,bjl->aboxij", fold, weight, fold)  # [2, 2, out, in, 2, 2]
         # one convolution gives every phase on a grid one larger; phase (a, b) is its
-        # [a:a+h, b:b+w] window
+        # [a : a + height, b : b + width] window
         y = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernels.reshape(4 * out_ch, in_ch, 2, 2))
-        b, _, h, w_ = x.shape
-        y = y.view(b, 2, 2, out_ch, h + 1, w_ + 1)
-        last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        fmt = torch.channels_last if last else torch.contiguous_format
-        out = torch.empty(b, out_ch, 2 * h, 2 * w_, dtype=y.dtype, device=y.device, memory_format=fmt)
-        for ra in range(2):
-            for cb in range(2):
-                out[:, :, ra::2, cb::2] = y[:, ra, cb, :, ra : ra + h, cb : cb + w_]
+        batch, _, height, width = x.shape
+        y = y.view(batch, 2, 2, out_ch, height + 1, width + 1)
+        last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        out = torch.empty(
+            batch,
+            out_ch,
+            2 * height,
+            2 * width,
+            dtype=y.dtype,
+            device=y.device,
+            memory_format=torch.channels_last if last else torch.contiguous_format,
+        )
+        for a in range(2):
+            for b in range(2):
+                out[:, :, a::2, b::2] = y[:, a, b, :, a : a + height, b : b + width]
         if self.conv.bias is not None:
             out += self.conv.bias.view(1, -1, 1, 1)
         return out
