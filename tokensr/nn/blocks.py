@@ -48,15 +48,12 @@ class ResnetBlock(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            h = self.conv1(F.silu(self.norm1(x)))
-            h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-            return self.skip(x) + h
-        # without autograd the same arithmetic runs in place (no new full-size tensors for
-        # the activations and the sum): about 10 % less time for a decoder on a CPU
-        h = self.conv1(F.silu(self.norm1(x), inplace=True))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))
-        return h.add_(self.skip(x))
+        # without autograd the activations and the sum run in place (no new full-size tensors):
+        # the same arithmetic in about 10 % less time for a decoder on a CPU
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        return h.add_(self.skip(x)) if inplace else self.skip(x) + h
 
 
 class AttnBlock(nn.Module):
