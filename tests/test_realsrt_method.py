@@ -193,6 +193,8 @@ def test_option_errors(folder: Path, tmp_path: Path) -> None:
         build(scale=2, weights=str(folder))
     with pytest.raises(OptionError):
         build(weights=str(tmp_path / "missing"))
+    with pytest.raises(OptionError, match="lr_encoder"):
+        build(weights=str(folder), lr_encoder="fp16")
 
 
 def test_missing_bundled_weights_is_a_clear_error() -> None:
@@ -248,3 +250,19 @@ def test_progress_per_token_window_and_decoder_tile(folder: Path) -> None:
     calls.clear()
     render_image(loaded, build(weights=str(folder)), tile=0, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(4, total), (8, total), (9, total)]
+
+
+@pytest.mark.parametrize("aggregate", ["tokens", "pixels"])
+def test_lr_encoder_precision_under_bf16(folder: Path, aggregate: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lr_encoder=fp32 makes the LR tokens in float32 under a bf16 autocast; the default
+    (autocast) lets the tokenizer encoder follow it. Both are the same without autocast."""
+    lr = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(2))
+    fast, exact = (build(weights=str(folder), aggregate=aggregate, lr_encoder=v) for v in ("autocast", "fp32"))
+    assert torch.equal(fast(lr), exact(lr))
+    for method in (fast, exact):
+        seen: list[torch.dtype] = []
+        method.model.tokenizer.encoder.conv_in.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = method(lr)
+        assert out.shape == (1, 3, 48, 40) and torch.isfinite(out).all()
+        assert set(seen) == {torch.bfloat16 if method is fast else torch.float32}

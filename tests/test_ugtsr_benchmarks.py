@@ -103,3 +103,29 @@ def test_ablation_script(data: Path) -> None:
     assert 0 < psnr < 60  # a real PSNR of a random model against the HR
     config = json.loads((data / "full" / "config.json").read_text())
     assert script.switches(config)["top-k"] == "3"
+
+
+def test_ablation_script_scores_raw_and_fixed_and_averages_seeds(data: Path) -> None:
+    """One model run gives the raw and the colour-fixed rows; NAME@SEED runs get a mean row."""
+    script = load_script("ugtsr_ablation")
+    out = data / "ablation_fixes.md"
+    weights = [f"full@0={data / 'full'}", f"full@1={data / 'full'}", f"k1={data / 'plain'}"]
+    rc = script.main(
+        ["--weights", *weights, "--pairs", str(data / "pairs"), "--color-fix", "none,wavelet", "--out", str(out)]
+    )
+    assert rc == 0
+    text = out.read_text()
+    raw, fixed = text.split("## colour fix `wavelet`")
+    assert "## raw output (`--color-fix none`)" in raw
+
+    def rows(part: str) -> dict[str, list[str]]:
+        lines = [ln for ln in part.splitlines() if ln.startswith("| ") and not ln.startswith("| variant")]
+        return {ln.split(" | ")[0][2:]: ln.strip("| ").split(" | ") for ln in lines}
+
+    raw_rows, fixed_rows = rows(raw), rows(fixed)
+    assert set(raw_rows) == set(fixed_rows) == {"full@0", "full@1", "k1", "**full** (mean of 2)"}
+    mean = fixed_rows["**full** (mean of 2)"]
+    assert mean[4] == f"{float(fixed_rows['full@0'][4]):.2f} (0.00)"  # the same model twice: no spread
+    assert raw_rows["full@0"][4] != fixed_rows["full@0"][4]  # the fix changed the output
+    with pytest.raises(SystemExit):
+        script.main(["--weights", f"k1={data / 'plain'}", "--pairs", str(data / "pairs"), "--color-fix", "sepia"])

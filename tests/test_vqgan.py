@@ -253,3 +253,54 @@ def test_decoder_output_is_the_same_with_and_without_autograd() -> None:
     with torch.no_grad():
         fast = model.decoder(z)
     torch.testing.assert_close(fast, model.decoder(z).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_nearest_code_search_is_float32_under_bf16_autocast() -> None:
+    """Distances rounded to bf16 pick other codes among close ones; ``nearest`` must not."""
+    torch.manual_seed(0)
+    model = VQGAN(dataclasses.replace(TINY, codebook_size=256, code_dim=8)).eval()
+    codes = model.quantizer.codebook
+    with torch.no_grad():
+        codes.copy_(torch.randn_like(codes) * 0.05 + 3.0)  # close codes far from the origin
+    flat = codes[torch.randint(0, 256, (512,))] + torch.randn(512, 8) * 0.03
+    exact = ((flat[:, None] - codes[None]) ** 2).sum(-1).argmin(1)
+    naive = (flat.pow(2).sum(1, keepdim=True) - 2 * (flat.bfloat16() @ codes.t().bfloat16()).float()).add(
+        codes.pow(2).sum(1)
+    )
+    assert not torch.equal(naive.argmin(1), exact)  # the case really is sensitive to bf16
+    assert torch.equal(model.quantizer.nearest(flat), exact)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model.quantizer.nearest(flat), exact)
+
+
+def test_tokenize_exact_or_under_the_callers_autocast() -> None:
+    """exact=True: float32 tokens under any autocast; exact=False: the encoder's convolutions
+    run in bf16 under a bf16 autocast (and the same as exact without one)."""
+    torch.manual_seed(0)
+    model = VQGAN(TINY).eval()
+    x = torch.rand(1, 3, 32, 32)
+    ref = model.tokenize(x)
+    assert torch.equal(model.tokenize(x, exact=False), ref)
+    seen: list[torch.dtype] = []
+    model.encoder.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        exact = model.tokenize(x)
+        fast = model.tokenize(x, exact=False)
+    assert torch.equal(exact, ref)
+    assert seen[-2:] == [torch.float32, torch.bfloat16]
+    assert fast.shape == ref.shape and fast.dtype == torch.long
+    assert (fast == ref).float().mean() > 0.5  # bf16 moves a few near ties, not the map
+
+
+def test_folded_upsample_under_bf16_autocast() -> None:
+    """The folded upsampling keeps its bias under bf16 autocast (bf16 output, float32 bias)."""
+    torch.manual_seed(0)
+    up = Upsample(4)
+    with torch.no_grad():
+        up.conv.bias.fill_(0.5)
+    x = torch.randn(1, 4, 6, 5)
+    ref = up.conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")).detach()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = up(x)
+    assert fast.dtype == torch.bfloat16 and fast.shape == (1, 4, 12, 10)
+    torch.testing.assert_close(fast.float(), ref, atol=0.05, rtol=0.02)

@@ -114,7 +114,10 @@ class Upsample(nn.Module):
         kernels = torch.einsum("aik,oxkl,bjl->aboxij", fold, weight, fold)  # [2, 2, out, in, 2, 2]
         # one convolution gives every phase on a grid one larger; phase (a, b) is its
         # [a : a + height, b : b + width] window
-        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernels.reshape(4 * out_ch, in_ch, 2, 2))
+        # the bias goes into the convolution (one per phase): a separate add on the output is
+        # slow under bf16 autocast (bf16 output, float32 bias)
+        bias = None if self.conv.bias is None else self.conv.bias.repeat(4)
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernels.reshape(4 * out_ch, in_ch, 2, 2), bias)
         batch, _, height, width = x.shape
         y = y.view(batch, 2, 2, out_ch, height + 1, width + 1)
         last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -130,8 +133,6 @@ class Upsample(nn.Module):
         for a in range(2):
             for b in range(2):
                 out[:, :, a::2, b::2] = y[:, a, b, :, a : a + height, b : b + width]
-        if self.conv.bias is not None:
-            out += self.conv.bias.view(1, -1, 1, 1)
         return out
 
 

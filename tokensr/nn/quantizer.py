@@ -98,10 +98,13 @@ class VectorQuantizer(nn.Module):
         return self.embedding.weight
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code (squared Euclidean distance) for each row of ``flat``."""
-        codes = self.codebook
-        dist2 = flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codes.t() + codes.pow(2).sum(1)[None, :]
-        return dist2.argmin(dim=1)
+        """Index of the nearest code (squared Euclidean distance) for each row of ``flat``,
+        always in float32: under a bf16 autocast the distance product would be rounded to 8
+        bits and pick other codes."""
+        with torch.autocast(flat.device.type, enabled=False):
+            flat, codes = flat.float(), self.codebook.float()
+            dist2 = flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codes.t() + codes.pow(2).sum(1)[None, :]
+            return dist2.argmin(dim=1)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Code vectors for ``indices [B, H, W]`` as a feature map ``[B, dim, H, W]``."""

@@ -324,12 +324,15 @@ class RealSRT(nn.Module, PretrainedMixin):
         return up.clamp(0, 1) if self.config.clamp_lr_up else up
 
     @torch.no_grad()
-    def condition(self, lr01: torch.Tensor, tile: int | None = None, margin: int = 0) -> Condition:
+    def condition(self, lr01: torch.Tensor, tile: int | None = None, margin: int = 0, exact: bool = True) -> Condition:
         """Upsample and tokenize an LR batch (its size times ``scale`` must be a multiple of f).
 
         tile, margin: encode in tiles of that many tokens a side plus a margin
         (`tokensr.inference.grid_tiles`), which bounds the encoder's memory on large images;
-        None encodes the whole batch in one pass."""
+        None encodes the whole batch in one pass.
+        exact: the LR tokens in float32 whatever the autocast (as training made them); False
+        lets the tokenizer encoder follow an enclosing autocast (``VQGAN.tokenize``). The
+        ``latents`` LR stream is float32 either way."""
         lr_up = self.upsample(lr01)
         f = self.tokenizer.factor
         if lr_up.shape[-2] % f or lr_up.shape[-1] % f:
@@ -340,7 +343,7 @@ class RealSRT(nn.Module, PretrainedMixin):
             return fn(lr_up) if tile is None else map_in_tiles(fn, lr_up, grid, tile, margin, unit_in=f)
 
         if self.config.lr_input == "tokens":
-            ids = encode(self.tokenizer.tokenize)  # float32 even under autocast, no codebook update
+            ids = encode(lambda x: self.tokenizer.tokenize(x, exact=exact))  # no codebook update
             return Condition(lr_up, ids.flatten(1), grid)
 
         # the latents also in float32 under autocast (the transformers see the same LR stream)
