@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import fit
+from tiny_models import fit, tiny_photos
 from tiny_models import tiny_tokenizer as _tiny_tokenizer
 
 from tokensr.errors import OptionError
@@ -258,19 +258,11 @@ def test_config_errors(generator_folder: Path) -> None:
 def test_three_stages_with_the_engine(tmp_path: Path) -> None:
     """The tiny configs run through the real training engine, stage after stage, and the
     final export upscales an image."""
-    import numpy as np
-    from PIL import Image
-
     from tokensr.methods.realsrt.method import build
     from tokensr.train.config import load_config
     from tokensr.train.engine import train
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((48, 48), Image.Resampling.BICUBIC).save(photos / f"p{i}.png")
+    photos = tiny_photos(tmp_path / "photos")
     tok = tmp_path / "tok"
     tiny_tokenizer().save_pretrained(tok)
     configs = Path(__file__).resolve().parents[1] / "configs"

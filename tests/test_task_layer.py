@@ -213,6 +213,7 @@ def test_build_perceptual_uses_the_substitute_without_vgg(monkeypatch: pytest.Mo
 EARLIER_STAGE = {
     "realsrt_critic": "realsrt_generator_tiny.yaml",
     "realsrt_ccm": "realsrt_critic_tiny.yaml",
+    "realsrt_distill": "realsrt_ccm_tiny.yaml",
     "iter_refine": "iter_lq_encoder_tiny.yaml",
     "ugtsr_udl": "ugtsr_esu_tiny.yaml",
 }
@@ -247,9 +248,9 @@ class StageExports:
         tok, sc = f"tokenizer={self.tokenizer}", f"scale={scale}"
         if task == "realsrt_critic":
             return self.export(EARLIER_STAGE[task], [tok, sc], (task, scale))
-        if task == "realsrt_ccm":
-            gen = self.init_for("realsrt_critic", scale)
-            return self.export(EARLIER_STAGE[task], [f"init={gen}"], (task, scale))
+        if task in ("realsrt_ccm", "realsrt_distill"):
+            earlier = self.init_for({"realsrt_ccm": "realsrt_critic", "realsrt_distill": "realsrt_ccm"}[task], scale)
+            return self.export(EARLIER_STAGE[task], [f"init={earlier}"], (task, scale))
         return self.export(EARLIER_STAGE[task], [tok, sc], (task, scale))
 
 
@@ -282,6 +283,8 @@ def test_every_config_builds_its_task(
     tc = cfg.task_config
     if cfg.task in EARLIER_STAGE and "init" in tc:
         overrides.append(f"init={stages.init_for(cfg.task, int(tc.get('scale', 4)))}")
+        if cfg.task == "realsrt_distill":  # narrower than the stand-in teacher (8 channels)
+            overrides += ["decoder_ch=4", "ccm_encoder_ch=4"]
     elif "tokenizer" in tc and (tc["tokenizer"] is None or str(tc["tokenizer"]).startswith("runs/")):
         overrides.append(f"tokenizer={stages.tokenizer}")
     if (tc.get("discriminator") or {}).get("init"):  # a run's checkpoint (runs/ is not in a clone)

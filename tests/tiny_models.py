@@ -3,9 +3,12 @@ pytest puts tests/ on sys.path)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from tokensr.nn.vqgan import VQGAN, VQGANConfig
 
@@ -38,3 +41,13 @@ def fit(task: Any, batch: dict[str, torch.Tensor], steps: int, lr: float = 3e-3,
         loss().backward()
         opt.step()
     return first, loss().item()
+
+
+def tiny_photos(folder: Path, count: int = 3, size: int = 48) -> Path:
+    """``count`` smooth random ``size``-px PNG photos in ``folder`` (created) for engine runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(folder / f"p{i}.png")
+    return folder

@@ -49,6 +49,9 @@ class VQGANConfig:
     mid_swin_heads: int = 8
     mid_swin_window: int = 8
     decoder_res_blocks: int | None = None  # decoder blocks per level (None: num_res_blocks + 1)
+    # the decoder's base channels (None: ch). A narrower decoder than the encoder is distilled
+    # from a full-width one (tokensr.methods.realsrt.distill), for speed
+    decoder_ch: int | None = None
     out_act: bool = True  # swish before the encoder's and the decoder's output conv
     quant_convs: bool = True  # 1x1 convs before and after the quantizer
     # images inside the network: False = [-1, 1] (taming), True = [0, 1] as given (RealSRT's
@@ -167,7 +170,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: VQGANConfig) -> None:
         super().__init__()
-        chs = [cfg.ch * m for m in cfg.ch_mult]
+        chs = [(cfg.decoder_ch or cfg.ch) * m for m in cfg.ch_mult]
         c = chs[-1]
         g = cfg.min_group_channels
         self.conv_in = nn.Conv2d(cfg.code_dim, c, 3, padding=1)

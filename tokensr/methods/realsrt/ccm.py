@@ -11,10 +11,14 @@ zero-initialised 1x1 conv maps them back to ``h``'s channels and adds them::
 Because the zero conv starts at exactly zero, ``h' == h`` before training: the module starts
 as the identity and cannot hurt the pretrained decoder. Only the CCM is trained (VQGAN losses);
 the tokenizer and the masked transformer stay frozen.
+
+``CCMConfig(encoder_ch=...)`` narrows ``E'`` for speed (not in the paper): tokensr distils a
+narrower copy from a trained CCM (:mod:`tokensr.methods.realsrt.distill`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +31,9 @@ from tokensr.nn.vqgan import VQGAN, Encoder, VQGANConfig
 @dataclass
 class CCMConfig:
     attention: bool = True  # self-attention between the two residual blocks (paper: yes)
+    # the encoder copy's base width (None: the tokenizer's ch, as the paper); a narrower copy
+    # is distilled from a trained CCM (tokensr.methods.realsrt.distill)
+    encoder_ch: int | None = None
 
 
 class CCM(nn.Module):
@@ -34,7 +41,9 @@ class CCM(nn.Module):
         super().__init__()
         self.config = config or CCMConfig()
         c = tokenizer_config.code_dim
-        self.encoder = Encoder(tokenizer_config)  # trainable copy of the tokenizer encoder
+        width = self.config.encoder_ch or tokenizer_config.ch
+        # a trainable copy of the tokenizer encoder (same layout, maybe narrower)
+        self.encoder = Encoder(dataclasses.replace(tokenizer_config, ch=width))
         self.res1 = ResnetBlock(2 * c, 2 * c)
         self.attn = AttnBlock(2 * c) if self.config.attention else nn.Identity()
         self.res2 = ResnetBlock(2 * c, 2 * c)
@@ -45,9 +54,11 @@ class CCM(nn.Module):
 
     @classmethod
     def from_tokenizer(cls, tokenizer: VQGAN, config: CCMConfig | None = None) -> CCM:
-        """A CCM whose encoder starts as an exact copy of ``tokenizer.encoder``."""
+        """A CCM whose encoder starts as an exact copy of ``tokenizer.encoder`` (a narrower
+        one starts at random)."""
         ccm = cls(tokenizer.config, config)
-        ccm.encoder.load_state_dict(tokenizer.encoder.state_dict())
+        if ccm.config.encoder_ch in (None, tokenizer.config.ch):
+            ccm.encoder.load_state_dict(tokenizer.encoder.state_dict())
         return ccm.to(next(tokenizer.parameters()).device)
 
     @property

@@ -19,6 +19,7 @@ TASKS: dict[str, str] = {
     "realsrt_generator": "tokensr.methods.realsrt.train:GeneratorTask",
     "realsrt_critic": "tokensr.methods.realsrt.train:CriticTask",
     "realsrt_ccm": "tokensr.methods.realsrt.train:CCMTask",
+    "realsrt_distill": "tokensr.methods.realsrt.distill:DistillTask",
     "iter": "tokensr.methods.iter.train:ITERTask",
     "iter_lq_encoder": "tokensr.methods.iter.train:LQEncoderTask",
     "iter_refine": "tokensr.methods.iter.train:RefineEvalTask",
