@@ -47,6 +47,7 @@ from torch import nn
 
 from tokensr.errors import OptionError
 from tokensr.methods.realsrt.model import RealSRT
+from tokensr.methods.realsrt.train import load_init
 from tokensr.nn import losses as L
 from tokensr.train.base import TaskBase, trainable_parameters
 from tokensr.train.batches import image_rows
@@ -84,24 +85,24 @@ def student_model(teacher: RealSRT, decoder_ch: int | None, ccm_encoder_ch: int 
         student = RealSRT(config).to(teacher.device)
     except (TypeError, ValueError) as e:
         raise OptionError(f"bad student option: {e}") from e
+    # every tensor of the teacher's shape is the teacher's (in the narrowed networks too, where
+    # it equals its own leading slice), then the narrowed ones get their leading channels
     own = student.state_dict()
     same = {k: v for k, v in teacher.state_dict().items() if k in own and own[k].shape == v.shape}
+    student.load_state_dict(same, strict=False)
     try:
         if decoder_ch is not None:
-            same = {k: v for k, v in same.items() if not k.startswith("tokenizer.decoder.")}
             copy_leading_channels(student.tokenizer.decoder, teacher.tokenizer.decoder)
         if ccm_encoder_ch is not None:
             assert student.ccm is not None and teacher.ccm is not None
-            same = {k: v for k, v in same.items() if not k.startswith("ccm.encoder.")}
             copy_leading_channels(student.ccm.encoder, teacher.ccm.encoder)
     except ValueError as e:
         raise OptionError(f"the student must be narrower than the teacher: {e}") from e
-    student.load_state_dict(same, strict=False)
     return student.eval()
 
 
 class DistillTask(TaskBase):
-    """Train a narrower decoder and/or a token-grid CCM encoder to reproduce a RealSRT."""
+    """Train a narrower decoder and/or CCM encoder to reproduce a RealSRT (the teacher)."""
 
     name = "realsrt_distill"
     keys = ("init", "decoder_ch", "ccm_encoder_ch", "tokens", "steps", "losses")
@@ -114,12 +115,7 @@ class DistillTask(TaskBase):
         init = self.cfg.get("init")
         if init is None:
             raise OptionError("realsrt_distill needs init: the teacher RealSRT folder or bundled name")
-        try:
-            self.teacher = (init if isinstance(init, RealSRT) else RealSRT.from_pretrained(str(init))).to(self.device)
-        except FileNotFoundError as e:
-            raise OptionError(f"init: {e}") from e
-        except ValueError as e:
-            raise OptionError(f"init {init}: {e}") from e
+        self.teacher = load_init(init).to(self.device)
         self.teacher.requires_grad_(False).eval()
         decoder_ch, enc = (self._width(key) for key in ("decoder_ch", "ccm_encoder_ch"))
         if decoder_ch is None and enc is None:

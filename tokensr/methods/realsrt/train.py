@@ -96,6 +96,19 @@ CCM_LOSS_DEFAULTS: dict[str, Any] = {
 }
 
 
+def load_init(init: Any) -> RealSRT:
+    """A task's ``init``: a RealSRT as it is, or the folder or bundled name of one (an
+    :class:`OptionError` when it cannot be loaded)."""
+    if isinstance(init, RealSRT):
+        return init
+    try:
+        return RealSRT.from_pretrained(str(init))
+    except FileNotFoundError as e:
+        raise OptionError(f"init: {e}") from e
+    except ValueError as e:
+        raise OptionError(f"init {init}: {e}") from e
+
+
 class _Stage(TaskBase):
     """What the three stages share: the preset, the model, the masked-token inputs, export."""
 
@@ -116,14 +129,7 @@ class _Stage(TaskBase):
         init = self.cfg.get("init")
         if init is None:
             raise OptionError(f"{type(self).__name__} needs init: the RealSRT folder of the previous stage")
-        if isinstance(init, RealSRT):
-            return init
-        try:
-            return RealSRT.from_pretrained(str(init))
-        except FileNotFoundError as e:
-            raise OptionError(f"init: {e}") from e
-        except ValueError as e:
-            raise OptionError(f"init {init}: {e}") from e
+        return load_init(init)
 
     def _build_model(self) -> RealSRT:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -463,4 +469,4 @@ class CCMTask(_Stage):
         return metrics, {"no_ccm_ccm_hr": image_rows([plain, steered, hr], self.val.images)}
 
 
-__all__ = ["GeneratorTask", "CriticTask", "CCMTask", "CCM_LOSS_DEFAULTS"]
+__all__ = ["GeneratorTask", "CriticTask", "CCMTask", "CCM_LOSS_DEFAULTS", "load_init"]
